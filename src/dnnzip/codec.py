@@ -62,6 +62,12 @@ class Codec:
     def decode(self, data: bytes, shape: tuple[int, ...]) -> np.ndarray:
         raise NotImplementedError
 
+    def encode_with_stats(self, array: np.ndarray) -> tuple[bytes, dict[str, Any]]:
+        """``encode`` plus what the encoder knows for the report (kept in the index):
+        e.g. ``snr_db``, ``entropy_bits`` (order-0 entropy of the levels, total bits),
+        ``distinct`` values, ``sparsity``. The base class reports nothing extra."""
+        return self.encode(array), {}
+
     def decode_quantized(self, data: bytes, shape: tuple[int, ...]) -> Quantized:
         raise NotImplementedError(f"codec {self.codec_id!r} does not produce quantized levels")
 

@@ -1,0 +1,94 @@
+"""Weight sharing by 1-D k-means (Deep Compression §3).
+
+Lloyd's algorithm in one dimension on *sorted* data: with centroids c_0 < … < c_{k−1},
+cluster j is the contiguous run of sorted values between the midpoints
+(c_{j−1}+c_j)/2 and (c_j+c_{j+1})/2, so one iteration is a ``searchsorted`` of k−1
+boundaries plus k segment sums — O(k log N + N) with no N×k distance matrix.
+Initialisation is linear over [min, max], the paper's best choice (it keeps the rare
+large weights, which matter most, represented) — with one refinement: empty stretches of
+the axis wider than a grid step (the hole that pruning cuts around zero) are squeezed out
+first, so no centroid is wasted where no weight lies.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..codec import InvalidOption
+
+
+def _boundaries(centroids: np.ndarray) -> np.ndarray:
+    return (centroids[:-1] + centroids[1:]) * 0.5
+
+
+def kmeans_1d(
+    values: np.ndarray, k: int, iters: int = 30, tol: float = 1e-6
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cluster ``values`` into at most ``k`` shared values.
+
+    Returns ``(centroids, labels)``: float32 centroids sorted ascending (empty clusters
+    dropped, so possibly fewer than k) and the label of every value (smallest unsigned
+    integer dtype that fits), with ``centroids[labels]`` the shared reconstruction.
+    If there are at most ``k`` distinct values they are used as-is (exact, lossless).
+    """
+    if k < 1:
+        raise InvalidOption(f"k-means needs k >= 1 clusters, got {k}")
+    flat = np.asarray(values, dtype=np.float32).reshape(-1)
+    if flat.size == 0:
+        return np.zeros(0, np.float32), np.zeros(0, np.uint8)
+    if not np.isfinite(flat).all():
+        raise InvalidOption("k-means input contains NaN or Inf")
+    x = np.sort(flat)
+    distinct = np.flatnonzero(np.diff(x)) + 1  # starts of runs of equal values
+    if distinct.size + 1 <= k:
+        centroids = x[np.concatenate(([0], distinct))]
+        return centroids, _labels(flat, centroids)
+
+    lo, hi = float(x[0]), float(x[-1])
+    centroids = linear_init(x, k)
+    scale = max(hi - lo, np.finfo(np.float32).tiny)
+    for _ in range(iters):
+        starts = np.searchsorted(x, _boundaries(centroids), side="right")
+        starts = np.concatenate(([0], starts))
+        counts = np.diff(np.append(starts, x.size))
+        full = counts > 0
+        sums = np.add.reduceat(x, np.minimum(starts, x.size - 1), dtype=np.float64)
+        updated = centroids.copy()
+        updated[full] = sums[full] / counts[full]
+        shift = np.max(np.abs(updated - centroids))
+        centroids = updated
+        if shift <= tol * scale:
+            break
+    # final assignment with the final centroids; drop clusters nobody uses
+    starts = np.searchsorted(x, _boundaries(centroids), side="right")
+    counts = np.diff(np.concatenate(([0], starts, [x.size])))
+    centroids = np.unique(centroids[counts > 0].astype(np.float32))
+    return centroids, _labels(flat, centroids)
+
+
+def linear_init(sorted_values: np.ndarray, k: int) -> np.ndarray:
+    """k centroids evenly spaced over [min, max] minus the empty gaps wider than
+    (max − min)/k: the axis is squeezed, the grid laid, and mapped back."""
+    x = sorted_values
+    lo, hi = float(x[0]), float(x[-1])
+    diffs = np.diff(x).astype(np.float64)
+    wide = np.flatnonzero(diffs > (hi - lo) / k)
+    # squeezed coordinate of each wide gap's upper end: u = x − (sum of wide gaps below)
+    removed = np.cumsum(diffs[wide])
+    upper = x[wide + 1].astype(np.float64) - removed
+    total = (hi - lo) - (removed[-1] if removed.size else 0.0)
+    u = np.linspace(0.0, total, k) + lo
+    seg = np.searchsorted(upper, u, side="right")  # how many wide gaps lie below u
+    return u + np.concatenate(([0.0], removed))[seg]
+
+
+def _labels(flat: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Index of the nearest centroid for each value (ties go to the upper one)."""
+    dtype = (
+        np.uint8 if centroids.size <= 256 else np.uint16 if centroids.size <= 65536 else np.uint32
+    )
+    if centroids.size == 1:
+        return np.zeros(flat.size, dtype)
+    return np.searchsorted(_boundaries(centroids.astype(np.float64)), flat, side="right").astype(
+        dtype
+    )
