@@ -129,64 +129,65 @@ class DeepCompressionCodec(Codec):
         n = w.size
         t = self._threshold(w)
         keep = np.abs(w) >= t if t > 0 else w != 0
-        positions = np.flatnonzero(keep)
-        centroids, labels = kmeans_1d(w[positions], 1 << self.bits)
+        nnz = int(np.count_nonzero(keep))
+        kept = w if nnz == n else w[keep]
+        centroids, labels = kmeans_1d(kept, 1 << self.bits)
+        del kept
         k = centroids.size
-
-        # sparse layout: indices of non-zeros + capped gaps
         idx_counts = np.bincount(labels, minlength=k)
-        gaps = np.diff(positions, prepend=-1) - 1
-        cap, _ = _best_cap(gaps)
-        gsyms = gap_symbols(gaps, cap)
-        gap_counts = np.bincount(gsyms, minlength=cap + 1)
-        idx_len = huffman.code_lengths(idx_counts) if k else np.zeros(0, np.uint8)
-        gap_len = huffman.code_lengths(gap_counts)
-        sparse_bits = huffman.coded_bits(idx_counts, idx_len) + huffman.coded_bits(
-            gap_counts, gap_len
-        )
         # dense layout: one symbol per weight over {0} ∪ centroids
-        dense_counts = np.concatenate(([n - positions.size], idx_counts))
+        dense_counts = np.concatenate(([n - nnz], idx_counts))
         dense_len = huffman.code_lengths(dense_counts)
         dense_bits = huffman.coded_bits(dense_counts, dense_len)
+        # sparse layout (only worth trying when at most half the weights survive)
+        sparse_bits = np.inf
+        if 2 * nnz <= n:
+            positions = np.flatnonzero(keep)
+            gaps = np.diff(positions, prepend=-1) - 1
+            del positions
+            cap, _ = _best_cap(gaps)
+            gsyms = gap_symbols(gaps, cap)
+            gap_counts = np.bincount(gsyms, minlength=cap + 1)
+            idx_len = huffman.code_lengths(idx_counts) if k else np.zeros(0, np.uint8)
+            sparse_bits = huffman.coded_bits(idx_counts, idx_len) + huffman.coded_bits(
+                gap_counts, huffman.code_lengths(gap_counts)
+            )
 
         out = PayloadWriter()
-        codebook = centroids.astype(np.float32)
         if dense_bits <= sparse_bits:
             layout, coded = DENSE, dense_bits
-            codebook = np.concatenate(([np.float32(0)], codebook))
-            symbols = np.zeros(n, dtype=np.int32)
-            symbols[positions] = labels.astype(np.int32) + 1
+            codebook = np.concatenate(([np.float32(0)], centroids))
+            symbols = np.zeros(n, dtype=_index_dtype(codebook.size))
+            symbols[keep] = labels + 1
             out.u8(DENSE)
             out.u64(n)
             out.u32(codebook.size)
             out.array(codebook, "f4")
             out.blob(huffman.encode_symbols(symbols))
+            del symbols
             fixed = n * max(1, int(np.ceil(np.log2(codebook.size))))
         else:
             layout, coded = SPARSE, sparse_bits
             out.u8(SPARSE)
             out.u64(n)
             out.u32(k)
-            out.array(codebook, "f4")
-            out.u64(positions.size)
+            out.array(centroids, "f4")
+            out.u64(nnz)
             out.u32(cap)
-            out.blob(huffman.encode_symbols(labels.astype(np.int32)))
+            out.blob(huffman.encode_symbols(labels))
             out.blob(huffman.encode_symbols(gsyms))
-            fixed = positions.size * max(1, int(np.ceil(np.log2(max(k, 2))))) + gsyms.size * int(
+            fixed = nnz * max(1, int(np.ceil(np.log2(max(k, 2))))) + gsyms.size * int(
                 np.ceil(np.log2(cap + 1))
             )
-        restored = np.zeros(n, np.float32)
-        restored[positions] = centroids[labels]
-        err = float(np.sum((w.astype(np.float64) - restored) ** 2))
-        energy = float(np.sum(w.astype(np.float64) ** 2))
+        err = _sum_squares(w, keep, centroids, labels)
         stats = {
             "layout": "dense" if layout == DENSE else "sparse",
-            "sparsity": 1.0 - positions.size / n if n else 0.0,
-            "distinct": int(k + (positions.size < n)),
+            "sparsity": 1.0 - nnz / n if n else 0.0,
+            "distinct": int(k + (nnz < n)),
             "entropy_bits": float(huffman.entropy_bits(dense_counts)),
             "huffman_bits": int(coded),
             "fixed_bits": int(fixed),
-            "snr_db": _snr_db(energy, err),
+            "snr_db": _snr_db(float(np.dot(w, w)), err),
         }
         if layout == SPARSE:
             stats["gap_cap"] = cap
@@ -243,8 +244,27 @@ class DeepCompressionCodec(Codec):
         return Quantized(symbols.astype(dtype).reshape(shape), codebook)
 
 
+def _index_dtype(size: int) -> type:
+    return np.uint8 if size <= 256 else np.uint16 if size <= 65536 else np.uint32
+
+
+def _sum_squares(
+    w: np.ndarray, keep: np.ndarray, centroids: np.ndarray, labels: np.ndarray
+) -> float:
+    """Σ (w − ŵ)² without materialising ŵ: pruned weights contribute w², kept ones
+    (w − centroid)², accumulated in float64 over chunks to bound memory."""
+    pruned = w[~keep]
+    err = float(np.dot(pruned.astype(np.float64), pruned))
+    kept = w[keep] if labels.size != w.size else w
+    step = 1 << 20
+    for i in range(0, labels.size, step):
+        d = (kept[i : i + step] - centroids[labels[i : i + step]]).astype(np.float64)
+        err += float(np.dot(d, d))
+    return err
+
+
 def _decode_blob(blob: bytes, count: int | None) -> np.ndarray:
-    symbols = huffman.decode_symbols(blob)
+    symbols = huffman.decode_symbols(blob, count)
     if count is not None and symbols.size != count:
         raise CorruptPayload(f"symbol stream holds {symbols.size} symbols, expected {count}")
     return symbols

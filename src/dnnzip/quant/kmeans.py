@@ -22,7 +22,7 @@ def _boundaries(centroids: np.ndarray) -> np.ndarray:
 
 
 def kmeans_1d(
-    values: np.ndarray, k: int, iters: int = 30, tol: float = 1e-6
+    values: np.ndarray, k: int, iters: int = 100, tol: float = 1e-6
 ) -> tuple[np.ndarray, np.ndarray]:
     """Cluster ``values`` into at most ``k`` shared values.
 
@@ -39,9 +39,8 @@ def kmeans_1d(
     if not np.isfinite(flat).all():
         raise InvalidOption("k-means input contains NaN or Inf")
     x = np.sort(flat)
-    distinct = np.flatnonzero(np.diff(x)) + 1  # starts of runs of equal values
-    if distinct.size + 1 <= k:
-        centroids = x[np.concatenate(([0], distinct))]
+    if np.count_nonzero(np.diff(x)) + 1 <= k:  # few distinct values: keep them exactly
+        centroids = np.unique(x)
         return centroids, _labels(flat, centroids)
 
     lo, hi = float(x[0]), float(x[-1])
@@ -71,10 +70,9 @@ def linear_init(sorted_values: np.ndarray, k: int) -> np.ndarray:
     (max − min)/k: the axis is squeezed, the grid laid, and mapped back."""
     x = sorted_values
     lo, hi = float(x[0]), float(x[-1])
-    diffs = np.diff(x).astype(np.float64)
-    wide = np.flatnonzero(diffs > (hi - lo) / k)
+    wide = np.flatnonzero(np.diff(x) > (hi - lo) / k)  # at most k such gaps
     # squeezed coordinate of each wide gap's upper end: u = x − (sum of wide gaps below)
-    removed = np.cumsum(diffs[wide])
+    removed = np.cumsum(x[wide + 1].astype(np.float64) - x[wide])
     upper = x[wide + 1].astype(np.float64) - removed
     total = (hi - lo) - (removed[-1] if removed.size else 0.0)
     u = np.linspace(0.0, total, k) + lo
@@ -84,11 +82,12 @@ def linear_init(sorted_values: np.ndarray, k: int) -> np.ndarray:
 
 def _labels(flat: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     """Index of the nearest centroid for each value (ties go to the upper one)."""
-    dtype = (
-        np.uint8 if centroids.size <= 256 else np.uint16 if centroids.size <= 65536 else np.uint32
-    )
-    if centroids.size == 1:
-        return np.zeros(flat.size, dtype)
-    return np.searchsorted(_boundaries(centroids.astype(np.float64)), flat, side="right").astype(
-        dtype
-    )
+    size = centroids.size
+    dtype = np.uint8 if size <= 256 else np.uint16 if size <= 65536 else np.uint32
+    out = np.zeros(flat.size, dtype)
+    if size > 1:
+        bounds = _boundaries(centroids.astype(np.float64))
+        step = 1 << 20  # in chunks: searchsorted returns 8 bytes per value
+        for i in range(0, flat.size, step):
+            out[i : i + step] = np.searchsorted(bounds, flat[i : i + step], side="right")
+    return out
