@@ -179,3 +179,14 @@ def test_fuzzed_payloads_raise_corrupt_payload_or_decode(data):
     except CorruptPayload:
         return
     assert out.shape == shape
+
+
+@pytest.mark.parametrize("sparsity", [None, 0.9])
+def test_full_8_bit_codebook_keeps_its_largest_value(sparsity):
+    """256 shared values + the pruned zero need 9-bit symbols: no uint8 wrap-around."""
+    w = weights((256, 64), seed=11)
+    codec = DeepCompressionCodec(bits=8, sparsity=sparsity)
+    out = codec.decode(codec.encode(w), w.shape)
+    kept = np.abs(w) >= (threshold_for_sparsity(w, sparsity) if sparsity else 0)
+    assert np.all(out[kept] != 0)
+    assert np.max(np.abs(out[kept] - w[kept])) < 0.01

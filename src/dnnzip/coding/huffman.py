@@ -104,10 +104,10 @@ def _huffman_depths(w):
 def _limit_lengths(bl, max_len):
     """Make a complete code's length histogram ``bl`` fit in ``max_len`` bits, in place.
 
-    JPEG (ITU T.81, Annex K.3) procedure: two sibling leaves at the deepest level i are
-    removed; their parent becomes a leaf at i − 1, and one of them hangs, with a former leaf
-    from the deepest non-empty level j < i − 1, below that leaf at j + 1. Kraft's sum is
-    unchanged (−2·2^−i + 2^−(i−1) + 2·2^−(j+1) − 2^−j = 0), so the code stays complete.
+    JPEG (ITU T.81, Annex K.3) procedure: take two sibling leaves at the deepest level i;
+    one symbol moves up into their parent (a leaf at i − 1), the other becomes the sibling
+    of a leaf from the deepest non-empty level j < i − 1, which moves down to j + 1. Kraft's
+    sum is unchanged (−2·2^−i + 2^−(i−1) + 2·2^−(j+1) − 2^−j = 0): the code stays complete.
     Returns False if impossible (more symbols than 2^max_len).
     """
     for i in range(bl.size - 1, max_len, -1):
@@ -162,7 +162,7 @@ def code_lengths(counts: np.ndarray, max_len: int = 24) -> np.ndarray:
     depths = _huffman_depths(c[order])
     bl = np.bincount(depths).astype(np.int64)
     if bl.size - 1 > max_len and not _limit_lengths(bl, int(max_len)):
-        raise InvalidOption(f"cannot limit the code to {max_len} bits")  # pragma: no cover
+        raise InvalidOption(f"cannot limit the code to {max_len} bits")
     # longest codes to the rarest symbols (never worse than the tree's own assignment)
     per_leaf = np.repeat(np.arange(bl.size, dtype=np.int64)[::-1], bl[::-1])
     lengths[order] = per_leaf.astype(np.uint8)
@@ -344,7 +344,30 @@ def _tables(lens: np.ndarray, error: type[Exception]):
 
 
 def _out_dtype(alphabet: int) -> np.dtype:
+    """The narrowest integer dtype that holds every symbol: decoded streams of small
+    alphabets (k-means indices) cost 1–2 bytes per symbol, not 4."""
+    if alphabet <= 1 << 8:
+        return np.dtype(np.uint8)
+    if alphabet <= 1 << 16:
+        return np.dtype(np.uint16)
     return np.dtype(np.int32) if alphabet <= np.iinfo(np.int32).max else np.dtype(np.int64)
+
+
+@njit(cache=True)
+def _count_kernel(symbols, counts):
+    for s in symbols:
+        counts[s] += 1
+
+
+def symbol_counts(symbols: np.ndarray, minlength: int = 0) -> np.ndarray:
+    """``np.bincount`` without its int64 copy of the input (8 bytes per symbol)."""
+    arr = _as_symbols(symbols)
+    if arr.size and arr.min() < 0:
+        raise InvalidOption(f"symbols must be non-negative, got {int(arr.min())}")
+    size = max(int(arr.max()) + 1 if arr.size else 0, minlength)
+    counts = np.zeros(size, dtype=np.int64)
+    _count_kernel(arr, counts)
+    return counts
 
 
 def encode(symbols: np.ndarray, lengths: np.ndarray) -> bytes:
@@ -373,7 +396,8 @@ def encode(symbols: np.ndarray, lengths: np.ndarray) -> bytes:
 
 
 def decode(data: bytes | bytearray | memoryview, count: int, lengths: np.ndarray) -> np.ndarray:
-    """Inverse of ``encode``: ``count`` symbols (int32, or int64 for alphabets >= 2^31).
+    """Inverse of ``encode``: ``count`` symbols (uint8/uint16/int32/int64: the narrowest
+    dtype that holds the alphabet).
 
     ``data`` must be exactly the encoder's bytes; a stream that ends early, runs on, holds
     a pattern that is no codeword, or has non-zero padding raises CorruptPayload.
@@ -598,7 +622,7 @@ def encode_symbols(symbols: np.ndarray, max_len: int = 24) -> bytes:
         raise InvalidOption(f"symbols must be non-negative, got {int(arr.min())}")
     if arr.size and arr.max() >= MAX_ALPHABET:
         raise InvalidOption(f"symbol {int(arr.max())} exceeds the limit {MAX_ALPHABET}")
-    counts = np.bincount(arr) if arr.size else np.zeros(0, np.int64)
+    counts = symbol_counts(arr)
     lens = code_lengths(counts, max_len)
     return write_varint(arr.size) + pack_lengths(lens) + encode(arr, lens)
 

@@ -134,7 +134,7 @@ class DeepCompressionCodec(Codec):
         centroids, labels = kmeans_1d(kept, 1 << self.bits)
         del kept
         k = centroids.size
-        idx_counts = np.bincount(labels, minlength=k)
+        idx_counts = huffman.symbol_counts(labels, minlength=k)
         # dense layout: one symbol per weight over {0} ∪ centroids
         dense_counts = np.concatenate(([n - nnz], idx_counts))
         dense_len = huffman.code_lengths(dense_counts)
@@ -158,7 +158,7 @@ class DeepCompressionCodec(Codec):
             layout, coded = DENSE, dense_bits
             codebook = np.concatenate(([np.float32(0)], centroids))
             symbols = np.zeros(n, dtype=_index_dtype(codebook.size))
-            symbols[keep] = labels + 1
+            symbols[keep] = np.add(labels, 1, dtype=symbols.dtype)  # no uint8 wrap at 256
             out.u8(DENSE)
             out.u64(n)
             out.u32(codebook.size)
@@ -187,7 +187,7 @@ class DeepCompressionCodec(Codec):
             "entropy_bits": float(huffman.entropy_bits(dense_counts)),
             "huffman_bits": int(coded),
             "fixed_bits": int(fixed),
-            "snr_db": _snr_db(float(np.dot(w, w)), err),
+            "snr_db": _snr_db(_energy(w), err),
         }
         if layout == SPARSE:
             stats["gap_cap"] = cap
@@ -228,8 +228,8 @@ class DeepCompressionCodec(Codec):
         positions = np.cumsum(gaps_from_symbols(gsyms, cap, nnz) + 1) - 1
         if positions.size and positions[-1] >= n:
             raise CorruptPayload("non-zero position lies outside the tensor")
-        symbols = np.zeros(n, dtype=np.int32)
-        symbols[positions] = labels.astype(np.int32) + 1
+        symbols = np.zeros(n, dtype=_index_dtype(k + 1))
+        symbols[positions] = np.add(labels, 1, dtype=symbols.dtype)
         return symbols, np.concatenate(([np.float32(0)], codebook))
 
     def decode(self, data: bytes, shape: tuple[int, ...]) -> np.ndarray:
@@ -261,6 +261,13 @@ def _sum_squares(
         d = (kept[i : i + step] - centroids[labels[i : i + step]]).astype(np.float64)
         err += float(np.dot(d, d))
     return err
+
+
+def _energy(w: np.ndarray) -> float:
+    """Σ w² in float64, in chunks (float32 squares of large weights would overflow)."""
+    step = 1 << 20
+    return float(sum(np.dot(c, c) for c in (w[i : i + step].astype(np.float64)
+                                            for i in range(0, w.size, step))))  # fmt: skip
 
 
 def _decode_blob(blob: bytes, count: int | None) -> np.ndarray:

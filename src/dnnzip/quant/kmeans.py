@@ -13,12 +13,16 @@ first, so no centroid is wasted where no weight lies.
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
 from ..codec import InvalidOption
 
 
 def _boundaries(centroids: np.ndarray) -> np.ndarray:
-    return (centroids[:-1] + centroids[1:]) * 0.5
+    """Midpoints between neighbouring centroids, as float32 like the data: searchsorted
+    would otherwise cast the whole (sorted) data to float64 — 8 bytes per weight."""
+    c = centroids.astype(np.float64)
+    return ((c[:-1] + c[1:]) * 0.5).astype(np.float32)
 
 
 def kmeans_1d(
@@ -39,7 +43,7 @@ def kmeans_1d(
     if not np.isfinite(flat).all():
         raise InvalidOption("k-means input contains NaN or Inf")
     x = np.sort(flat)
-    if np.count_nonzero(np.diff(x)) + 1 <= k:  # few distinct values: keep them exactly
+    if _count_distinct(x) <= k:  # few distinct values: keep them exactly
         centroids = np.unique(x)
         return centroids, _labels(flat, centroids)
 
@@ -48,10 +52,8 @@ def kmeans_1d(
     scale = max(hi - lo, np.finfo(np.float32).tiny)
     for _ in range(iters):
         starts = np.searchsorted(x, _boundaries(centroids), side="right")
-        starts = np.concatenate(([0], starts))
-        counts = np.diff(np.append(starts, x.size))
+        sums, counts = _segment_sums(x, starts)
         full = counts > 0
-        sums = np.add.reduceat(x, np.minimum(starts, x.size - 1), dtype=np.float64)
         updated = centroids.copy()
         updated[full] = sums[full] / counts[full]
         shift = np.max(np.abs(updated - centroids))
@@ -70,7 +72,7 @@ def linear_init(sorted_values: np.ndarray, k: int) -> np.ndarray:
     (max − min)/k: the axis is squeezed, the grid laid, and mapped back."""
     x = sorted_values
     lo, hi = float(x[0]), float(x[-1])
-    wide = np.flatnonzero(np.diff(x) > (hi - lo) / k)  # at most k such gaps
+    wide = _wide_gaps(x, (hi - lo) / k)  # at most k such gaps
     # squeezed coordinate of each wide gap's upper end: u = x − (sum of wide gaps below)
     removed = np.cumsum(x[wide + 1].astype(np.float64) - x[wide])
     upper = x[wide + 1].astype(np.float64) - removed
@@ -80,13 +82,46 @@ def linear_init(sorted_values: np.ndarray, k: int) -> np.ndarray:
     return u + np.concatenate(([0.0], removed))[seg]
 
 
+@njit(cache=True)
+def _count_distinct(x):
+    n = 1 if x.size else 0
+    for i in range(1, x.size):
+        n += x[i] != x[i - 1]
+    return n
+
+
+@njit(cache=True)
+def _wide_gaps(x, width):
+    """Indices i with x[i+1] − x[i] > width (sorted x), without an N-sized temporary."""
+    out = []
+    for i in range(x.size - 1):
+        if x[i + 1] - x[i] > width:
+            out.append(i)
+    return np.array(out, dtype=np.int64)
+
+
+@njit(cache=True)
+def _segment_sums(x, starts):
+    """Sum (float64) and count of each run x[starts[j] : starts[j+1]] of the sorted data."""
+    k = starts.size + 1
+    sums = np.zeros(k)
+    counts = np.zeros(k, dtype=np.int64)
+    j = 0
+    for i in range(x.size):
+        while j < k - 1 and i >= starts[j]:
+            j += 1
+        sums[j] += x[i]
+        counts[j] += 1
+    return sums, counts
+
+
 def _labels(flat: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     """Index of the nearest centroid for each value (ties go to the upper one)."""
     size = centroids.size
     dtype = np.uint8 if size <= 256 else np.uint16 if size <= 65536 else np.uint32
     out = np.zeros(flat.size, dtype)
     if size > 1:
-        bounds = _boundaries(centroids.astype(np.float64))
+        bounds = _boundaries(centroids)
         step = 1 << 20  # in chunks: searchsorted returns 8 bytes per value
         for i in range(0, flat.size, step):
             out[i : i + step] = np.searchsorted(bounds, flat[i : i + step], side="right")
