@@ -42,11 +42,15 @@ QUOTED = {  # issue 2 / issue 3, measured by the issue's author, not by this scr
 }
 
 MEMORY_PROBE = r"""
-import os, sys, time, tracemalloc, resource
+import os, sys, time, tracemalloc
 os.environ["HF_HUB_OFFLINE"] = "1"
 import dnnzip
+def status(key):  # kB → bytes; VmHWM is this process's peak RSS (ru_maxrss survives exec)
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
 src, out, back = sys.argv[1:4]
-base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+base_rss = status("VmRSS")
 tracemalloc.start()
 t0 = time.perf_counter()
 dnnzip.compress(src, out, bits=int(sys.argv[4]), progress=False)
@@ -54,7 +58,7 @@ t1 = time.perf_counter()
 dnnzip.decompress(out, back, progress=False)
 t2 = time.perf_counter()
 peak = tracemalloc.get_traced_memory()[1]
-rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+rss = status("VmHWM")
 print(t1 - t0, t2 - t1, peak, base_rss, rss)
 """
 
