@@ -156,6 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_decompress(sub)
     _add_info(sub)
     _add_demo(sub)
+    from .distributed.commands import add_commands as add_distributed_commands
+    from .formats.commands import add_commands as add_format_commands
+
+    add_format_commands(sub)  # convert, bench formats
+    add_distributed_commands(sub)  # train-demo
     return parser
 
 

@@ -1,1 +1,36 @@
+"""PyTorch integration: fine-tuning after pruning and weight sharing, modules that compute
+from CER/CSER weights, model conversion, and per-weight importance (Fisher) estimation."""
 
+from .convert import LayerChoice, choose_format, convert_model, save_converted
+from .finetune import (
+    Pruner,
+    WeightSharing,
+    iter_codebook_parameters,
+    iterative_prune,
+    model_sparsity,
+    prunable_parameters,
+)
+from .importance import fisher_diagonal, load_importance, output_sensitivity, save_importance
+from .lenet import LeNet5, LeNet300100
+from .modules import CSERConv2d, CSERLinear
+
+__all__ = [
+    "CSERConv2d",
+    "CSERLinear",
+    "LayerChoice",
+    "LeNet300100",
+    "LeNet5",
+    "Pruner",
+    "WeightSharing",
+    "choose_format",
+    "convert_model",
+    "fisher_diagonal",
+    "iter_codebook_parameters",
+    "iterative_prune",
+    "load_importance",
+    "model_sparsity",
+    "output_sensitivity",
+    "prunable_parameters",
+    "save_converted",
+    "save_importance",
+]

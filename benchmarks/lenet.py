@@ -1,0 +1,564 @@
+"""Deep Compression on LeNet-300-100 and LeNet-5 trained on Fashion-MNIST (SPEC §2.5).
+
+For each model: train a seeded float32 baseline; prune iteratively with retraining
+(dnnzip.nn.iterative_prune); share weights per layer with k-means (linear init) and
+fine-tune the shared values (dnnzip.nn.WeightSharing); compress the whole state_dict with
+``dnnzip.compress(method="deepcompression")``; restore it with ``dnnzip.decompress`` and
+measure test accuracy *of the restored model*. Every ratio is float32 state_dict bytes over
+the size of the .dnnz file (header, index, codebooks, biases and all).
+
+Also measured, for the plot: each pipeline stage coded with dnnzip (the pruned nets are
+shared post hoc by the codec, without fine-tuning), and one-shot post-training compression of
+the baseline at several sparsities (no data, no retraining).
+
+    python benchmarks/lenet.py            # full run (~10 min on 2 cores)
+    python benchmarks/lenet.py --quick    # smoke run on a subset (~1 min)
+
+Needs the Debian package ``dataset-fashion-mnist`` (nothing is downloaded). Writes
+``benchmarks/results/lenet.json`` and ``lenet.png`` (``lenet-quick.*`` with ``--quick``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import dnnzip
+from dnnzip.nn.data import FASHION_MNIST_DIR, load_fashion_mnist
+from dnnzip.nn.finetune import (
+    Pruner,
+    WeightSharing,
+    iter_codebook_parameters,
+    iterative_prune,
+    model_sparsity,
+)
+from dnnzip.nn.lenet import LeNet5, LeNet300100
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass
+class Config:
+    """Training and compression recipe of one model (the paper's per-layer densities)."""
+
+    name: str
+    model: type[nn.Module]
+    epochs: int  # baseline training
+    lr: float
+    final_sparsity: dict[str, float]  # per layer, after the last pruning step
+    prune_steps: int  # pruning steps (sparsity grows geometrically in density)
+    retrain_epochs: int  # after each pruning step
+    retrain_lr: float
+    ft_epochs: int  # centroid fine-tuning
+    ft_lr: float
+    fc_bits: int = 5
+    conv_bits: int = 8
+    weight_decay: float = 5e-4
+    batch: int = 128
+    one_shot: list[float] = field(default_factory=lambda: [0.5, 0.7, 0.8, 0.9, 0.95])
+
+
+CONFIGS = {
+    "lenet300100": Config(
+        name="LeNet-300-100",
+        model=LeNet300100,
+        epochs=30,
+        lr=0.05,
+        final_sparsity={"fc1.weight": 0.93, "fc2.weight": 0.91, "fc3.weight": 0.74},
+        prune_steps=4,
+        retrain_epochs=5,
+        retrain_lr=0.01,
+        ft_epochs=3,
+        ft_lr=1e-4,
+    ),
+    "lenet5": Config(
+        name="LeNet-5",
+        model=LeNet5,
+        epochs=15,
+        lr=0.05,
+        final_sparsity={
+            "conv1.weight": 0.34,
+            "conv2.weight": 0.88,
+            "fc1.weight": 0.93,
+            "fc2.weight": 0.81,
+        },
+        prune_steps=3,
+        retrain_epochs=3,
+        retrain_lr=0.01,
+        ft_epochs=2,
+        ft_lr=1e-4,
+    ),
+}
+
+
+# --------------------------------------------------------------------------------------
+# data, training, evaluation
+# --------------------------------------------------------------------------------------
+def load_data(quick: bool) -> dict[str, torch.Tensor]:
+    """Fashion-MNIST standardised with the training set's own mean and std."""
+    try:
+        x_train, y_train = load_fashion_mnist("train")
+        x_test, y_test = load_fashion_mnist("test")
+    except FileNotFoundError as exc:
+        sys.exit(
+            f"error: {exc}\n(the benchmark reads Fashion-MNIST from {FASHION_MNIST_DIR}; run "
+            "`sudo apt-get update && sudo apt-get install -y dataset-fashion-mnist`)"
+        )
+    if quick:
+        x_train, y_train, x_test, y_test = (
+            x_train[:6000],
+            y_train[:6000],
+            x_test[:2000],
+            y_test[:2000],
+        )
+    mean, std = x_train.mean(), x_train.std()
+    return {
+        "x_train": (x_train - mean) / std,
+        "y_train": y_train,
+        "x_test": (x_test - mean) / std,
+        "y_test": y_test,
+        "mean": mean,
+        "std": std,
+    }
+
+
+def train(
+    model: nn.Module,
+    data: dict[str, torch.Tensor],
+    epochs: int,
+    lr: float,
+    *,
+    seed: int,
+    batch: int = 128,
+    weight_decay: float = 5e-4,
+    adam: bool = False,
+) -> None:
+    """Mini-batch training with a cosine learning-rate decay to 0 (SGD+Nesterov or Adam)."""
+    if epochs <= 0:
+        return
+    params = [p for p in model.parameters() if p.requires_grad]
+    if adam:
+        opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    else:
+        opt = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+    x, y = data["x_train"], data["y_train"]
+    steps_per_epoch = math.ceil(len(y) / batch)
+    total = epochs * steps_per_epoch
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1.0 + math.cos(math.pi * s / total))
+    )
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(epochs):
+        perm = torch.randperm(len(y), generator=gen)
+        for i in range(0, len(y), batch):
+            idx = perm[i : i + batch]
+            opt.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+            sched.step()
+    model.eval()
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, data: dict[str, torch.Tensor]) -> float:
+    """Top-1 test accuracy in percent."""
+    model.eval()
+    x, y = data["x_test"], data["y_test"]
+    correct = sum(
+        int((model(x[i : i + 1000]).argmax(1) == y[i : i + 1000]).sum())
+        for i in range(0, len(y), 1000)
+    )
+    return 100.0 * correct / len(y)
+
+
+def float32_bytes(model: nn.Module) -> int:
+    return sum(4 * t.numel() for t in model.state_dict().values())
+
+
+def coded(
+    model: nn.Module,
+    cfg: Config,
+    data: dict[str, torch.Tensor],
+    workdir: Path,
+    tag: str,
+    **options: Any,
+) -> dict[str, Any]:
+    """Compress ``model``'s state_dict to a .dnnz file, restore it, measure the restored net."""
+    path = workdir / f"{tag}.dnnz"
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    t0 = time.perf_counter()
+    report = dnnzip.compress(
+        state,
+        path,
+        method="deepcompression",
+        fc_bits=cfg.fc_bits,
+        conv_bits=cfg.conv_bits,
+        force=True,
+        progress=False,
+        **options,
+    )
+    t1 = time.perf_counter()
+    restored_state = dnnzip.decompress(path)
+    t2 = time.perf_counter()
+    restored = cfg.model()
+    restored.load_state_dict(restored_state)
+    file_bytes = path.stat().st_size
+    totals = report.totals()
+    return {
+        "file_bytes": file_bytes,
+        "float32_bytes": float32_bytes(model),
+        "ratio": float32_bytes(model) / file_bytes,
+        "accuracy": accuracy(restored, data),
+        "sparsity": model_sparsity(restored)["total"],
+        "huffman_saving_vs_fixed": totals.get("huffman_saving_vs_fixed"),
+        "huffman_bytes": totals.get("huffman_bits", 0) / 8,
+        "fixed_length_bytes": totals.get("fixed_length_bits", 0) / 8,
+        "entropy_bytes": totals.get("entropy_bits", 0) / 8,
+        "compress_seconds": t1 - t0,
+        "decompress_seconds": t2 - t1,
+        "report": report,
+        "restored_state": restored_state,
+    }
+
+
+def _public(point: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in point.items() if k not in ("report", "restored_state")}
+
+
+def schedule(final: dict[str, float], steps: int) -> list[dict[str, float]]:
+    """Per-layer sparsities for each step: density d_t = d_final^(t/steps), t = 1..steps."""
+    return [
+        {n: 1.0 - (1.0 - s) ** (t / steps) for n, s in final.items()} for t in range(1, steps + 1)
+    ]
+
+
+# --------------------------------------------------------------------------------------
+# one model, end to end
+# --------------------------------------------------------------------------------------
+def run_model(
+    key: str, cfg: Config, data: dict[str, torch.Tensor], seed: int, quick: bool, workdir: Path
+) -> dict[str, Any]:
+    def log(msg: str) -> None:
+        print(f"[{cfg.name}] {msg}", flush=True)
+
+    scale = 0.25 if quick else 1.0
+
+    def ep(n: int) -> int:
+        return max(1, round(n * scale))
+
+    out: dict[str, Any] = {"name": cfg.name, "config": _config_dict(cfg), "stages": []}
+    torch.manual_seed(seed)
+    model = cfg.model()
+    out["parameters"] = sum(p.numel() for p in model.parameters())
+    out["float32_bytes"] = float32_bytes(model)
+
+    t0 = time.perf_counter()
+    train(
+        model,
+        data,
+        ep(cfg.epochs),
+        cfg.lr,
+        seed=seed,
+        batch=cfg.batch,
+        weight_decay=cfg.weight_decay,
+    )
+    base_acc = accuracy(model, data)
+    out["baseline"] = {"accuracy": base_acc, "train_seconds": time.perf_counter() - t0}
+    log(f"baseline {base_acc:.2f}% ({time.perf_counter() - t0:.0f} s)")
+    out["stages"].append(
+        {
+            "stage": "baseline (float32)",
+            "accuracy": base_acc,
+            "ratio": 1.0,
+            "file_bytes": out["float32_bytes"],
+            "sparsity": 0.0,
+        }
+    )
+
+    # one-shot post-training compression of the baseline (no data, no retraining)
+    out["one_shot"] = []
+    for s in cfg.one_shot:
+        p = coded(model, cfg, data, workdir, f"{key}-oneshot-{s}", sparsity=s)
+        out["one_shot"].append({"sparsity_target": s, **_public(p)})
+        log(f"one-shot s={s:.2f}: {p['ratio']:.1f}x, restored {p['accuracy']:.2f}%")
+
+    # iterative pruning with retraining; each step also coded by dnnzip (post-hoc sharing)
+    t0 = time.perf_counter()
+    steps = schedule(cfg.final_sparsity, cfg.prune_steps)
+    step_no = [0]
+
+    def retrain(m: nn.Module) -> None:
+        step_no[0] += 1
+        train(
+            m,
+            data,
+            ep(cfg.retrain_epochs),
+            cfg.retrain_lr,
+            seed=seed + step_no[0],
+            batch=cfg.batch,
+            weight_decay=cfg.weight_decay,
+        )
+
+    pruner = Pruner(model)
+    history = []
+
+    def after_step(m: nn.Module) -> float:
+        acc = accuracy(m, data)
+        p = coded(m, cfg, data, workdir, f"{key}-pruned-{len(history)}")
+        sp = model_sparsity(m)
+        history.append(
+            {
+                "stage": f"pruned step {len(history) + 1} + retrained",
+                "float_accuracy": acc,
+                "per_layer_sparsity": sp,
+                **_public(p),
+            }
+        )
+        log(
+            f"prune step {len(history)}: sparsity {sp['total']:.3f}, float {acc:.2f}%, "
+            f"coded {p['ratio']:.1f}x restored {p['accuracy']:.2f}%"
+        )
+        return acc
+
+    iterative_prune(model, retrain, steps, pruner=pruner, eval_fn=after_step)
+    out["stages"].extend(history)
+    out["prune_seconds"] = time.perf_counter() - t0
+    pruned_acc = history[-1]["float_accuracy"]
+
+    # weight sharing + centroid fine-tuning
+    t0 = time.perf_counter()
+    with WeightSharing(model, fc_bits=cfg.fc_bits, conv_bits=cfg.conv_bits) as ws:
+        shared_acc = accuracy(model, data)
+        log(f"shared (k-means, before fine-tuning) {shared_acc:.2f}%")
+        out["stages"].append(
+            {"stage": "weight sharing, before fine-tuning", "float_accuracy": shared_acc}
+        )
+        # train the shared values (and the float biases); the other weights are tied
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for p in iter_codebook_parameters(model):
+            p.requires_grad_(True)
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.requires_grad_(True)
+        train(
+            model,
+            data,
+            ep(cfg.ft_epochs),
+            cfg.ft_lr,
+            seed=seed + 100,
+            batch=cfg.batch,
+            weight_decay=0.0,
+            adam=True,
+        )
+        codebook_sizes = {n: int(c.numel()) for n, c in ws.codebooks.items()}
+    for p in model.parameters():
+        p.requires_grad_(True)
+    ft_acc = accuracy(model, data)
+    out["finetune_seconds"] = time.perf_counter() - t0
+    distinct = {
+        n: int(torch.unique(model.get_parameter(n)[model.get_parameter(n) != 0]).numel())
+        for n in pruner.names
+    }
+    log(f"centroid fine-tuned {ft_acc:.2f}% (distinct non-zero values {distinct})")
+
+    final = coded(model, cfg, data, workdir, f"{key}-final")
+    exact = all(torch.equal(final["restored_state"][k], v) for k, v in model.state_dict().items())
+    out["stages"][-1]["float_accuracy_after"] = ft_acc
+    out["stages"].append(
+        {
+            "stage": "shared + centroid fine-tuned + Huffman",
+            "float_accuracy": ft_acc,
+            **_public(final),
+        }
+    )
+    rows = final["report"].rows
+    out["final"] = {
+        "baseline_accuracy": base_acc,
+        "pruned_accuracy": pruned_acc,
+        "shared_accuracy_before_finetune": shared_acc,
+        "finetuned_accuracy": ft_acc,
+        "restored_accuracy": final["accuracy"],
+        "accuracy_change_points": final["accuracy"] - base_acc,
+        "restored_equals_finetuned": exact,
+        "file_bytes": final["file_bytes"],
+        "float32_bytes": final["float32_bytes"],
+        "ratio": final["ratio"],
+        "sparsity": final["sparsity"],
+        "codebook_sizes": codebook_sizes,
+        "distinct_nonzero_values": distinct,
+        "huffman_saving_vs_fixed": final["huffman_saving_vs_fixed"],
+        "huffman_bytes": final["huffman_bytes"],
+        "fixed_length_bytes": final["fixed_length_bytes"],
+        "entropy_bytes": final["entropy_bytes"],
+        "tensors": [r.as_dict() for r in rows],
+    }
+    log(
+        f"FINAL {final['file_bytes']} B, {final['ratio']:.1f}x, restored {final['accuracy']:.2f}% "
+        f"(baseline {base_acc:.2f}%), Huffman saves {final['huffman_saving_vs_fixed']:.1%} "
+        "vs fixed-length"
+    )
+    return out
+
+
+def _config_dict(cfg: Config) -> dict[str, Any]:
+    d = {k: v for k, v in cfg.__dict__.items() if k != "model"}
+    d["model"] = cfg.model.__name__
+    return d
+
+
+# --------------------------------------------------------------------------------------
+# plot
+# --------------------------------------------------------------------------------------
+def plot(results: dict[str, Any], path: Path) -> None:
+    """Accuracy vs ratio per model: full range on top, a zoom near the baseline below."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = results["models"]
+    fig, axes = plt.subplots(
+        2, len(models), figsize=(6.5 * len(models), 8.5), squeeze=False, sharex="col"
+    )
+    for col, res in enumerate(models.values()):
+        base = res["baseline"]["accuracy"]
+        one = res["one_shot"]
+        stages = [s for s in res["stages"] if "ratio" in s]
+        fin = res["final"]
+        for row in (0, 1):
+            ax = axes[row][col]
+            ax.plot(
+                [p["ratio"] for p in one],
+                [p["accuracy"] for p in one],
+                "o--",
+                color="tab:gray",
+                label="one-shot dnnzip.compress of the baseline (no retraining)",
+            )
+            ax.plot(
+                [s["ratio"] for s in stages],
+                [s["accuracy"] for s in stages],
+                "s-",
+                color="tab:blue",
+                label="pipeline stages: iterative prune + retrain, then share + fine-tune",
+            )
+            ax.plot(
+                [fin["ratio"]],
+                [fin["restored_accuracy"]],
+                "*",
+                ms=15,
+                color="tab:red",
+                label=f"final: {fin['ratio']:.1f}x, {fin['restored_accuracy']:.2f}%",
+            )
+            ax.axhline(base, color="k", lw=0.8, label=f"float32 baseline {base:.2f}%")
+            ax.axhspan(base - 0.5, base, color="tab:green", alpha=0.15, label="within 0.5 points")
+            ax.axvline(40, color="tab:red", lw=0.6, ls=":", label="40x")
+            ax.set_xscale("log")
+            ax.grid(alpha=0.3, which="both")
+            ax.set_ylabel("test accuracy (%), model restored from .dnnz")
+        top, zoom = axes[0][col], axes[1][col]
+        for p in one:
+            top.annotate(
+                f"s={p['sparsity_target']:.2f}",
+                (p["ratio"], p["accuracy"]),
+                textcoords="offset points",
+                xytext=(5, -3),
+                fontsize=7,
+                color="tab:gray",
+            )
+        for i, s in enumerate(stages[1:-1], start=1):
+            zoom.annotate(
+                f"step {i}\ns={s['sparsity']:.3f}",
+                (s["ratio"], s["accuracy"]),
+                textcoords="offset points",
+                xytext=(-12, 8),
+                fontsize=7,
+                color="tab:blue",
+            )
+        top.set_title(f"{res['name']} on Fashion-MNIST (ratio = float32 bytes / .dnnz bytes)")
+        top.legend(fontsize=7, loc="lower left")
+        zoom.set_ylim(base - 2.0, base + 1.0)
+        zoom.set_title("zoom near the baseline", fontsize=9)
+        zoom.set_xlabel("compression ratio (log scale)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="short smoke run on a data subset")
+    ap.add_argument(
+        "--models",
+        default="lenet300100,lenet5",
+        help="comma-separated subset of: " + ", ".join(CONFIGS),
+    )
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+
+    keys = [k.strip() for k in args.models.split(",") if k.strip()]
+    unknown = [k for k in keys if k not in CONFIGS]
+    if unknown:
+        ap.error(f"unknown model(s) {unknown}; choose from {list(CONFIGS)}")
+    torch.set_num_threads(args.threads)
+    t_start = time.perf_counter()
+    data = load_data(args.quick)
+    results: dict[str, Any] = {
+        "benchmark": "Deep Compression on LeNets, Fashion-MNIST",
+        "quick": args.quick,
+        "seed": args.seed,
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "train_images": len(data["y_train"]),
+        "test_images": len(data["y_test"]),
+        "models": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="dnnzip-lenet-") as tmp:
+        for key in keys:
+            results["models"][key] = run_model(
+                key, CONFIGS[key], data, args.seed, args.quick, Path(tmp)
+            )
+    results["total_seconds"] = time.perf_counter() - t_start
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = "lenet-quick" if args.quick else "lenet"
+    (args.out / f"{stem}.json").write_text(json.dumps(results, indent=1, default=_json_default))
+    plot(results, args.out / f"{stem}.png")
+    print(f"wrote {args.out / (stem + '.json')} and {stem}.png ({results['total_seconds']:.0f} s)")
+    for res in results["models"].values():
+        f = res["final"]
+        print(
+            f"{res['name']:14s} baseline {f['baseline_accuracy']:.2f}%  restored "
+            f"{f['restored_accuracy']:.2f}%  {f['float32_bytes'] / 1e3:.0f} KB -> "
+            f"{f['file_bytes'] / 1e3:.1f} KB  {f['ratio']:.1f}x  Huffman saves "
+            f"{f['huffman_saving_vs_fixed']:.1%} vs fixed"
+        )
+    return 0
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    return str(o)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,566 @@
+"""Pure compression core of the communicate pillar (SPEC §4): no process group needed.
+
+A *compressor* turns one accumulated update ``A`` (a tensor) into a :class:`Message`:
+
+* ``sbc``  (Sparse Binary Compression): k = ⌈p·numel⌉; take the k largest positive entries
+  and the k most negative ones, keep the side whose mean magnitude is larger; every kept
+  position carries that side's mean (one signed float for the whole tensor).
+* ``stc``  (Sparse Ternary Compression): the k entries of largest magnitude, each sent as ±μ
+  with μ = mean |top-k| (one float + one sign bit per position).
+* ``topk``: the k entries of largest magnitude with their own float32 values.
+* ``dense``: every entry as float32 (the identity, for baselines and small tensors).
+
+Selection never sorts the whole tensor: small tensors use one partial selection
+(``np.argpartition``, introselect, O(N)); large ones first estimate the k-th value from a
+random sample, keep the candidates beyond it with one vectorised pass and partially select
+among those — the result is the exact top-k (a fallback to the full partial selection runs if
+the sample under-estimated), only faster (≈ 1 ms instead of 200 ms at 10⁷ elements).
+
+:class:`ResidualMemory` keeps the error feedback: ``A ← A + ΔW; out = C(A); A ← A − out``,
+per parameter name, in float64.  The values on the wire are float32 and every subtraction
+removes exactly the float32 that was sent, so Σ sent + A = Σ ΔW holds exactly as long as
+the values met at one position span fewer than 2²⁹ in magnitude (float64 holds the sum of
+float32 numbers that close without rounding) — i.e. always in practice; nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from numba import njit
+
+from ..codec import DnnzipError, InvalidOption
+
+__all__ = [
+    "METHODS",
+    "Compressor",
+    "Dense",
+    "Message",
+    "NonFiniteUpdate",
+    "ResidualMemory",
+    "SBC",
+    "all_finite",
+    "STC",
+    "TopK",
+    "check_density",
+    "dense",
+    "make_compressor",
+    "num_selected",
+    "sbc",
+    "stc",
+    "topk",
+    "topk_indices",
+]
+
+METHODS = ("sbc", "stc", "topk", "dense")
+
+#: tensors at least this large use the sampled-threshold selection
+SAMPLED_MIN_NUMEL = 1 << 15
+_SAMPLE_SIZE = 1 << 14
+
+
+class NonFiniteUpdate(DnnzipError, ValueError):
+    """An update (gradient or weight change) holds NaN or Inf; nothing was accumulated."""
+
+
+def check_density(p: float) -> float:
+    """Validate the density p ∈ (0, 1]; return it as a float."""
+    try:
+        value = float(p)
+    except (TypeError, ValueError) as exc:
+        raise InvalidOption(f"density p must be a number in (0, 1], got {p!r}") from exc
+    if not (0.0 < value <= 1.0):  # also rejects NaN
+        raise InvalidOption(f"density p must lie in (0, 1], got {p!r}")
+    return value
+
+
+def num_selected(numel: int, p: float) -> int:
+    """k = ⌈p·numel⌉ (0 for an empty tensor), computed so that p·numel integral stays exact."""
+    if numel <= 0:
+        return 0
+    return min(numel, max(1, math.ceil(p * numel - 1e-9 * p * numel)))
+
+
+# --------------------------------------------------------------------------------------------
+# selection
+
+
+def _as_numpy_1d(x: torch.Tensor | np.ndarray) -> np.ndarray:
+    if isinstance(x, np.ndarray):
+        return x.reshape(-1)
+    return x.detach().reshape(-1).cpu().numpy()
+
+
+def all_finite(v: np.ndarray | torch.Tensor) -> bool:
+    """True when no entry is NaN/Inf. One summation pass: NaN and Inf propagate into the
+    sum; only when the sum is not finite (which an overflow could also cause) is the exact
+    elementwise test run."""
+    if v.size == 0 if isinstance(v, np.ndarray) else v.numel() == 0:
+        return True
+    if isinstance(v, np.ndarray):
+        with np.errstate(over="ignore", invalid="ignore"):
+            total = v.sum()
+        return bool(np.isfinite(total)) or bool(np.isfinite(v).all())
+    return math.isfinite(float(v.sum())) or bool(torch.isfinite(v).all())
+
+
+@njit(cache=True)
+def _collect(v, hi, lo, use_abs, cap, out_hi, out_lo):
+    """One pass: indices with v ≥ hi into out_hi and v ≤ lo into out_lo (|v| ≥ hi when
+    use_abs). Returns both counts (they may exceed cap: the caller then falls back)."""
+    nh = 0
+    nl = 0
+    for i in range(v.size):
+        x = v[i]
+        if use_abs:
+            x = abs(x)
+        if x >= hi:
+            if nh < cap:
+                out_hi[nh] = i
+            nh += 1
+        if x <= lo:
+            if nl < cap:
+                out_lo[nl] = i
+            nl += 1
+    return nh, nl
+
+
+@njit(cache=True)
+def _accumulate_collect(acc, g, u, m, use_mom, hi, lo, use_abs, cap, out_hi, out_lo):
+    """The fused pass of error feedback: d = g (or u ← m·u + g, d = u; m float32);
+    acc += d (float64); collect acc ≥ hi / acc ≤ lo (|acc| ≥ hi when use_abs) as ``_collect``.
+    One read of every array instead of four to five separate passes."""
+    nh = 0
+    nl = 0
+    for i in range(acc.size):
+        d = g[i]
+        if use_mom:  # float32 product, then float32 sum: as u.mul_(m).add_(g) rounds
+            d = np.float32(np.float32(m * u[i]) + d)
+            u[i] = d
+        x = acc[i] + d
+        acc[i] = x
+        if use_abs:
+            x = abs(x)
+        if x >= hi:
+            if nh < cap:
+                out_hi[nh] = i
+            nh += 1
+        if x <= lo:
+            if nl < cap:
+                out_lo[nl] = i
+            nl += 1
+    return nh, nl
+
+
+def _partial_top(values: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the k largest ``values`` (one argpartition; all if fewer)."""
+    if values.size <= k:
+        return np.arange(values.size)
+    return np.argpartition(values, values.size - k)[values.size - k :]
+
+
+def _thresholds(sample: np.ndarray, n: int, k: int, use_abs: bool):
+    """Upper/lower sample quantiles with ≈ k + 4√k + 8 of the n entries beyond each (the
+    sample count is binomial: 4 standard deviations of margin), and the candidate capacity."""
+    if use_abs:
+        sample = np.abs(sample)
+    m = sample.size
+    expect = k * m / n
+    r = min(m, int(expect + 4.0 * math.sqrt(expect) + 8))
+    part = np.partition(sample, (r - 1, m - r))
+    return float(part[m - r]), float(part[r - 1]), int(4 * (k + 4 * math.sqrt(k) + 8) + 64)
+
+
+def _sample_index(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed + n).integers(0, n, min(n, _SAMPLE_SIZE))
+
+
+def _finish(v, k, nh, nl, out_hi, out_lo, cap, use_abs, two_sided):
+    """Exact top-k (and bottom-k) from the collected candidates, or by one full partial
+    selection when the sample mis-estimated (too few candidates, or more than cap)."""
+    n = v.size
+    if k <= nh <= cap:
+        cand = out_hi[:nh]
+        key = np.abs(v[cand]) if use_abs else v[cand]
+        top = cand[_partial_top(key, k)]
+    else:
+        key = np.abs(v) if use_abs else v
+        top = np.argpartition(key, n - k)[n - k :]
+    bottom = None
+    if two_sided:
+        if k <= nl <= cap:
+            cand = out_lo[:nl]
+            bottom = cand[_partial_top(-v[cand], k)]
+        else:
+            bottom = np.argpartition(v, k - 1)[:k]
+        bottom = bottom.astype(np.int64, copy=False)
+    return top.astype(np.int64, copy=False), bottom
+
+
+def _use_sampled(n: int, k: int, method: str) -> bool:
+    big = method == "sampled" or (method == "auto" and n >= SAMPLED_MIN_NUMEL)
+    return big and 0 < k < n // 8
+
+
+def _select(
+    v: np.ndarray, k: int, method: str, seed: int, use_abs: bool, two_sided: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Exact top-k of v (or |v|), and with ``two_sided`` also the bottom-k of v."""
+    n = v.size
+    if k <= 0 or n == 0:
+        empty = np.empty(0, dtype=np.int64)
+        return empty, (empty if two_sided else None)
+    if k >= n:
+        allidx = np.arange(n, dtype=np.int64)
+        return allidx, (allidx if two_sided else None)
+    if _use_sampled(n, k, method):
+        hi, lo, cap = _thresholds(v[_sample_index(n, seed)], n, k, use_abs)
+        if not two_sided:
+            lo = -np.inf
+        out_hi = np.empty(cap, dtype=np.int64)
+        out_lo = np.empty(cap if two_sided else 1, dtype=np.int64)
+        nh, nl = _collect(v, hi, lo, use_abs, cap, out_hi, out_lo)
+        return _finish(v, k, nh, nl, out_hi, out_lo, cap, use_abs, two_sided)
+    return _finish(v, k, -1, -1, None, None, 0, use_abs, two_sided)
+
+
+def topk_indices(
+    x: torch.Tensor | np.ndarray, k: int, *, method: str = "auto", seed: int = 0
+) -> np.ndarray:
+    """Indices (int64, unsorted) of the k largest values of ``x`` (flattened).
+
+    ``method``: "exact" = one ``np.argpartition`` (introselect, O(N)); "sampled" = threshold
+    from a random sample of 2¹⁴ entries, candidates beyond it collected in one compiled pass,
+    argpartition among them; "auto" = sampled from 2¹⁵ elements on. Both return an exact
+    top-k (ties broken arbitrarily). Non-CPU torch tensors use ``torch.topk`` on their device.
+    """
+    if method not in ("auto", "exact", "sampled"):
+        raise InvalidOption(f"unknown selection method {method!r}")
+    if isinstance(x, torch.Tensor) and x.device.type != "cpu":
+        flat = x.detach().reshape(-1)
+        k = max(0, min(int(k), flat.numel()))
+        return torch.topk(flat, k, sorted=False).indices.cpu().numpy().astype(np.int64)
+    return _select(_as_numpy_1d(x), int(k), method, seed, False, False)[0]
+
+
+# --------------------------------------------------------------------------------------------
+# messages
+
+
+@dataclass(frozen=True)
+class Message:
+    """One compressed tensor. ``positions`` are sorted flat indices (int64).
+
+    Values at the positions: sbc → ``scale`` everywhere (signed mean); stc → ±``scale``
+    (``negative`` marks the minus signs); topk → ``values``; dense → ``values`` holds every
+    entry and ``positions`` is empty.
+    """
+
+    method: str
+    numel: int
+    positions: np.ndarray
+    scale: float = 0.0
+    negative: np.ndarray | None = None
+    values: np.ndarray | None = None
+
+    @property
+    def count(self) -> int:
+        return self.numel if self.method == "dense" else int(self.positions.size)
+
+    def position_values(self) -> np.ndarray:
+        """float32 values at ``positions`` (the dense vector for method "dense")."""
+        if self.method == "dense" or self.method == "topk":
+            assert self.values is not None
+            return self.values
+        scale = np.float32(self.scale)
+        if self.method == "sbc":
+            return np.full(self.positions.size, scale, dtype=np.float32)
+        assert self.negative is not None
+        return np.where(self.negative, -scale, scale).astype(np.float32)
+
+    def to_dense(self, dtype: torch.dtype = torch.float32, device: Any = "cpu") -> torch.Tensor:
+        """The flat dense tensor this message stands for."""
+        out = torch.zeros(self.numel, dtype=dtype, device=device)
+        self.add_to(out)
+        return out
+
+    def add_to(self, out: torch.Tensor) -> None:
+        """out[positions] += values (``out`` flat, any float dtype/device)."""
+        vals = torch.from_numpy(self.position_values()).to(device=out.device, dtype=out.dtype)
+        if self.method == "dense":
+            out.add_(vals)
+        elif self.positions.size:
+            idx = torch.from_numpy(self.positions).to(out.device)
+            out.index_add_(0, idx, vals)
+
+
+def _finite_or_raise(v: np.ndarray) -> None:
+    if not all_finite(v):
+        raise NonFiniteUpdate("update holds NaN or Inf")
+
+
+def _sbc_message(v: np.ndarray, top: np.ndarray, bottom: np.ndarray) -> Message:
+    """μ₊ = mean of the selected entries > 0, μ₋ = mean of those < 0; keep the larger |μ|."""
+    pos = top[v[top] > 0]
+    neg = bottom[v[bottom] < 0]
+    if pos.size == 0 and neg.size == 0:
+        return Message("sbc", v.size, np.empty(0, dtype=np.int64), 0.0)
+    mu_pos = float(v[pos].mean(dtype=np.float64)) if pos.size else 0.0
+    mu_neg = float(v[neg].mean(dtype=np.float64)) if neg.size else 0.0
+    keep, mu = (pos, mu_pos) if mu_pos >= -mu_neg else (neg, mu_neg)
+    return Message("sbc", v.size, np.sort(keep), float(np.float32(mu)))
+
+
+def _stc_message(v: np.ndarray, idx: np.ndarray) -> Message:
+    idx = np.sort(idx)
+    sel = v[idx]
+    nz = sel != 0
+    idx, sel = idx[nz], sel[nz]
+    mu = float(np.float32(np.abs(sel).mean(dtype=np.float64))) if sel.size else 0.0
+    return Message("stc", v.size, idx, mu, sel < 0)
+
+
+def _topk_message(v: np.ndarray, idx: np.ndarray) -> Message:
+    idx = np.sort(idx)
+    sel = v[idx]
+    nz = sel != 0
+    return Message("topk", v.size, idx[nz], 0.0, None, sel[nz].astype(np.float32))
+
+
+def _compress(method: str, v: np.ndarray, p: float, selection: str) -> Message:
+    _finite_or_raise(v)
+    if method == "dense":
+        return Message("dense", v.size, np.empty(0, dtype=np.int64), 0.0, None,
+                       v.astype(np.float32))
+    k = num_selected(v.size, p)
+    top, bottom = _select(v, k, selection, 0, method != "sbc", method == "sbc")
+    return _build(method, v, top, bottom)
+
+
+def _build(method: str, v: np.ndarray, top: np.ndarray, bottom: np.ndarray | None) -> Message:
+    if method == "sbc":
+        assert bottom is not None
+        return _sbc_message(v, top, bottom)
+    return _stc_message(v, top) if method == "stc" else _topk_message(v, top)
+
+
+def sbc(x: torch.Tensor | np.ndarray, p: float, *, method: str = "auto") -> Message:
+    """Sparse Binary Compression of ``x`` at density p (see module docstring).
+
+    μ₊ = mean of the k largest entries that are > 0, μ₋ = mean of the k smallest entries
+    that are < 0; the side with the larger |μ| is kept (ties: positive).
+    """
+    return _compress("sbc", _as_numpy_1d(x), check_density(p), method)
+
+
+def stc(x: torch.Tensor | np.ndarray, p: float, *, method: str = "auto") -> Message:
+    """Sparse Ternary Compression: top-k by magnitude, sent as ±μ, μ = mean |top-k|.
+
+    Zeros are never selected (a tensor with fewer than k non-zeros sends fewer positions).
+    """
+    return _compress("stc", _as_numpy_1d(x), check_density(p), method)
+
+
+def topk(x: torch.Tensor | np.ndarray, p: float, *, method: str = "auto") -> Message:
+    """Plain top-k sparsification: the k largest-magnitude non-zero entries, float32 values."""
+    return _compress("topk", _as_numpy_1d(x), check_density(p), method)
+
+
+def dense(x: torch.Tensor | np.ndarray) -> Message:
+    """The identity compressor: every entry as float32."""
+    return _compress("dense", _as_numpy_1d(x), 1.0, "auto")
+
+
+class Compressor:
+    """A configured compressor: ``compressor(x) -> Message``; JSON config for handshakes."""
+
+    method: str = ""
+
+    def __init__(self, p: float = 1.0, selection: str = "auto"):
+        self.p = check_density(p)
+        if selection not in ("auto", "exact", "sampled"):
+            raise InvalidOption(f"unknown selection method {selection!r}")
+        self.selection = selection
+
+    def __call__(self, x: torch.Tensor | np.ndarray) -> Message:
+        return _compress(self.method, _as_numpy_1d(x), self.p, self.selection)
+
+    def accumulate_compress(
+        self,
+        acc: torch.Tensor,
+        update: torch.Tensor,
+        momentum_buffer: torch.Tensor | None = None,
+        momentum: float = 0.0,
+    ) -> Message:
+        """acc += d, then compress acc, where d = update, or with a momentum buffer u:
+        u ← m·u + update, d = u (DGC momentum correction). The caller has checked that
+        ``update`` is finite. For large CPU tensors this is one compiled pass that adds and
+        collects the candidates (thresholds from a sample of the new values)."""
+        g = update.detach().reshape(-1)
+        use_mom = momentum_buffer is not None and momentum != 0.0
+        n = acc.numel()
+        k = num_selected(n, self.p)
+        fused = (
+            acc.device.type == "cpu" and acc.dtype in (torch.float64, torch.float32)
+            and g.dtype == torch.float32 and self.method != "dense"
+            and _use_sampled(n, k, self.selection)
+            and (not use_mom or momentum_buffer.dtype == torch.float32)
+        )
+        if not fused:
+            if use_mom:
+                momentum_buffer.mul_(momentum).add_(g)
+                g = momentum_buffer
+            acc.add_(g)
+            return self(acc)
+        a = acc.numpy()
+        gn = g.contiguous().numpy()
+        un = momentum_buffer.numpy() if use_mom else np.empty(1, dtype=np.float32)
+        s = _sample_index(n, 0)
+        d = (np.float32(momentum) * un[s] + gn[s]).astype(np.float32) if use_mom else gn[s]
+        two = self.method == "sbc"
+        use_abs = not two
+        hi, lo, cap = _thresholds(a[s] + d, n, k, use_abs)
+        if not two:
+            lo = -np.inf
+        out_hi = np.empty(cap, dtype=np.int64)
+        out_lo = np.empty(cap if two else 1, dtype=np.int64)
+        nh, nl = _accumulate_collect(a, gn, un, np.float32(momentum), use_mom, hi, lo, use_abs, cap,
+                                     out_hi, out_lo)
+        top, bottom = _finish(a, k, nh, nl, out_hi, out_lo, cap, use_abs, two)
+        return _build(self.method, a, top, bottom)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"method": self.method, "p": self.p, "selection": self.selection}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(p={self.p})"
+
+
+class SBC(Compressor):
+    method = "sbc"
+
+
+class STC(Compressor):
+    method = "stc"
+
+
+class TopK(Compressor):
+    method = "topk"
+
+
+class Dense(Compressor):
+    method = "dense"
+
+    def __init__(self, p: float = 1.0, selection: str = "auto"):
+        super().__init__(1.0, selection)
+
+
+_CLASSES: dict[str, type[Compressor]] = {"sbc": SBC, "stc": STC, "topk": TopK, "dense": Dense}
+
+
+def make_compressor(method: str, p: float = 1.0, selection: str = "auto") -> Compressor:
+    """Compressor by name: "sbc", "stc", "topk" or "dense"."""
+    cls = _CLASSES.get(method)
+    if cls is None:
+        raise InvalidOption(f"unknown compression method {method!r} (known: {', '.join(METHODS)})")
+    return cls(p, selection)
+
+
+# --------------------------------------------------------------------------------------------
+# residual memory
+
+
+class ResidualMemory:
+    """Error feedback keyed by parameter name: A ← A + ΔW; m = C(A); A ← A − m.
+
+    Accumulators are float64 on the update's device; what is subtracted is exactly the
+    float32 sent, so Σ sent + A = Σ ΔW (see module docstring). ``dtype=torch.float32``
+    halves memory and traffic; conservation then holds up to one float32 rounding per
+    element and step (error feedback still loses nothing systematically). A non-finite update raises
+    :class:`NonFiniteUpdate` before anything is accumulated.
+    """
+
+    def __init__(self, dtype: torch.dtype = torch.float64):
+        self.dtype = dtype
+        self._acc: dict[str, torch.Tensor] = {}
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._acc
+
+    def residual(self, name: str) -> torch.Tensor:
+        return self._acc[name]
+
+    def names(self) -> list[str]:
+        return list(self._acc)
+
+    def accumulate(self, name: str, update: torch.Tensor, check: bool = True) -> torch.Tensor:
+        """A_name += update (flattened); returns A_name. Raises on NaN/Inf, A untouched
+        (``check=False`` when the caller has already checked)."""
+        flat = update.detach().reshape(-1)
+        if check and not all_finite(flat):
+            raise NonFiniteUpdate(f"update of {name!r} holds NaN or Inf; nothing accumulated")
+        acc = self._acc.get(name)
+        if acc is None:
+            acc = torch.zeros(flat.numel(), dtype=self.dtype, device=flat.device)
+            self._acc[name] = acc
+        elif acc.numel() != flat.numel():
+            raise InvalidOption(
+                f"update of {name!r} has {flat.numel()} elements, residual has {acc.numel()}"
+            )
+        acc.add_(flat)  # promotes in the kernel, no temporary copy
+        return acc
+
+    def subtract(self, name: str, message: Message) -> None:
+        """A_name −= the float32 values of ``message`` (what was actually sent)."""
+        _subtract(self._acc[name], message)
+
+    def accumulate_compress(
+        self,
+        name: str,
+        update: torch.Tensor,
+        compressor: Compressor,
+        momentum_buffer: torch.Tensor | None = None,
+        momentum: float = 0.0,
+    ) -> Message:
+        """A += update (or the momentum-corrected u) and compress A, fused where possible;
+        the caller subtracts the message once it was sent (``subtract``). No finiteness
+        check here: the caller checked ``update``."""
+        acc = self._acc.get(name)
+        n = update.numel()
+        if acc is None:
+            acc = torch.zeros(n, dtype=self.dtype, device=update.device)
+            self._acc[name] = acc
+        elif acc.numel() != n:
+            raise InvalidOption(f"update of {name!r} has {n} elements, residual has {acc.numel()}")
+        return compressor.accumulate_compress(acc, update, momentum_buffer, momentum)
+
+    def compress(self, name: str, update: torch.Tensor, compressor: Compressor) -> Message:
+        """Accumulate, compress, subtract what is sent; return the message."""
+        acc = self.accumulate(name, update)
+        msg = compressor(acc)
+        _subtract(acc, msg)
+        return msg
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().clone() for k, v in self._acc.items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor], device: Any = None) -> None:
+        self._acc = {
+            k: v.detach().to(device=device if device is not None else v.device, dtype=self.dtype)
+            .clone()
+            for k, v in state.items()
+        }
+
+
+def _subtract(acc: torch.Tensor, msg: Message, sign: int = -1) -> None:
+    """acc −= the message's float32 values (``sign=1`` adds them back)."""
+    vals = torch.from_numpy(msg.position_values()).to(device=acc.device, dtype=acc.dtype)
+    if msg.method == "dense":
+        acc.add_(vals, alpha=sign)
+    elif msg.positions.size:
+        idx = torch.from_numpy(msg.positions).to(acc.device)
+        acc.index_add_(0, idx, vals, alpha=sign)

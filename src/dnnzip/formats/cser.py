@@ -1,0 +1,462 @@
+"""CER and CSER: entropy-bounded matrix formats (Wiedemann, Müller, Samek; SPEC §3).
+
+Distinct values Ω sorted by decreasing frequency, ω0 = Ω[0] implicit. Per row, the columns of
+the non-ω0 elements are grouped by value:
+
+* CSER — ``Omega`` (K values), ``colI`` (columns, grouped by row then value), ``OmegaI`` (value
+  index of each group), ``OmegaPtr`` (group starts in colI + end), ``rowPtr`` (first group of
+  each row + end).
+* CER — no ``OmegaI``: every row lists its groups in the global order ω1, ω2, … up to the last
+  value it holds, with empty groups (repeated pointer) for values it lacks.
+
+y = M·x per row: Σ over groups of ω·(Σ x[colI]) — additions per element, one multiplication per
+distinct value — plus ω0·(Σx − Σ listed x) when ω0 ≠ 0. Storage (bits):
+CSER N(1−p0)·b_index + G·(b_ptr + ⌈log2 K⌉) + (m+1)·b_ptr + K·b_value; CER drops the ⌈log2 K⌉
+term but counts its empty groups in G.
+
+The arrays above are the storage format. Products run from a ``SlicedPlan`` built once from
+them (see ``kernels``): the same groups, interleaved 16 at a time for SIMD.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import kernels
+from ._base import (
+    Costs,
+    InvalidOption,
+    MatrixFormat,
+    ShapeMismatch,
+    Triplets,
+    _check_finite,
+    _value_dtype,
+    batch_layout,
+    batch_width,
+    index_dtype,
+)
+from ._vec import LANES
+
+#: a CER with more groups than this many times (nnz + rows) is refused: most would be empty
+CER_MAX_GROUP_FACTOR = 64
+#: rows per parallel task of the row-wise batch kernel
+ROW_BLOCK = 16
+#: from this batch on, "auto" uses the row-wise batch kernel (measured: benchmarks/formats.py)
+ROWS_MIN_BATCH = 32
+
+
+@dataclass(frozen=True)
+class SlicedPlan:
+    """Execution layout of CER/CSER groups for the SIMD kernels.
+
+    Rows are cut into blocks (the unit of parallel work). Inside a block, groups are sorted by
+    length and dealt 16 to a slice; a slice stores its groups' columns interleaved
+    (``col[ptr + 16·l + lane]``), shorter groups padded with column n, which points at a zero
+    appended to x. ``lane_row``/``lane_val`` say where each lane's sum goes and with which value.
+    """
+
+    shape: tuple[int, int]
+    wshift: np.ndarray  # Ω − ω0 in float64; index 0 (ω0 itself) gives 0 for padding lanes
+    omega0: float
+    col: np.ndarray
+    sl_ptr: np.ndarray
+    sl_len: np.ndarray
+    lane_row: np.ndarray
+    lane_val: np.ndarray
+    blk_ptr: np.ndarray
+    _lane_w: dict = field(default_factory=dict, repr=False, compare=False)
+    _scratch: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def lane_weights(self, dtype: np.dtype) -> np.ndarray:
+        """(ω − ω0) of every lane in the compute dtype (kept: one vector load per slice)."""
+        w = self._lane_w.get(dtype)
+        if w is None:
+            w = self._lane_w[dtype] = self.wshift.astype(dtype)[self.lane_val]
+        return w
+
+    @classmethod
+    def build(cls, shape: tuple[int, int], omega: np.ndarray, g_row: np.ndarray,
+              g_val: np.ndarray, g_start: np.ndarray, g_len: np.ndarray, colI: np.ndarray,
+              blocks: int | None = None) -> SlicedPlan:
+        m, n = shape
+        if blocks is None:  # two tasks per thread; larger blocks sort better (less padding)
+            import numba
+
+            blocks = 2 * max(1, numba.config.NUMBA_NUM_THREADS)
+        keep = g_len > 0
+        g_row, g_val = g_row[keep].astype(np.int64), g_val[keep].astype(np.int64)
+        g_start, g_len = g_start[keep].astype(np.int64), g_len[keep].astype(np.int64)
+        rows_per_block = max(1, -(-m // blocks))
+        nblk = max(1, -(-m // rows_per_block))
+        blk = g_row // rows_per_block
+        order = np.lexsort((-g_len, blk))
+        blk_s, len_s = blk[order], g_len[order]
+        per_blk = np.bincount(blk, minlength=nblk)
+        first = np.concatenate([[0], np.cumsum(per_blk)[:-1]])
+        pos = np.arange(order.shape[0]) - first[blk_s]
+        blk_ptr = np.zeros(nblk + 1, np.int64)
+        np.cumsum(-(-per_blk // LANES), out=blk_ptr[1:])
+        nsl = int(blk_ptr[-1])
+        sl = blk_ptr[blk_s] + pos // LANES
+        lane = pos % LANES
+        sl_len = np.zeros(nsl, np.int64)
+        lead = lane == 0
+        sl_len[sl[lead]] = len_s[lead]  # lane 0 holds the slice's longest group
+        sl_ptr = np.zeros(nsl, np.int64)
+        if nsl > 1:
+            np.cumsum(sl_len[:-1] * LANES, out=sl_ptr[1:])
+        slot = sl * LANES + lane
+        slice_blk = np.repeat(np.arange(nblk), np.diff(blk_ptr))
+        lane_row = np.repeat(slice_blk * rows_per_block, LANES).astype(np.int32)
+        lane_row[slot] = g_row[order]
+        lane_val = np.zeros(nsl * LANES, np.int32)
+        lane_val[slot] = g_val[order]
+        col = np.full(int(sl_len.sum()) * LANES, n, dtype=index_dtype(n))
+        total = int(len_s.sum())
+        grp = np.repeat(np.arange(order.shape[0]), len_s)
+        within = np.arange(total) - np.repeat(np.cumsum(len_s) - len_s, len_s)
+        src = g_start[order][grp] + within
+        col[sl_ptr[sl[grp]] + within * LANES + lane[grp]] = colI[src]
+        wshift = omega.astype(np.float64) - float(omega[0])  # rounded once, per compute dtype
+        return cls(shape, wshift, float(omega[0]), col, sl_ptr, sl_len.astype(np.int32),
+                   lane_row, lane_val, blk_ptr)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(getattr(self, f).nbytes for f in
+                   ("wshift", "col", "sl_ptr", "sl_len", "lane_row", "blk_ptr")) + (
+            self.lane_val.shape[0] * self.wshift.itemsize)
+
+    @property
+    def padded(self) -> int:
+        """Stored column slots including padding (vs. nnz)."""
+        return int(self.col.shape[0])
+
+    def product(self, x: np.ndarray, parallel: bool) -> np.ndarray:
+        """M·x for x (n,) or (n, B), already contiguous in the compute dtype."""
+        m = self.shape[0]
+        lane_w = self.lane_weights(x.dtype)
+        args = (self.col, self.sl_ptr, self.sl_len, lane_w, self.lane_row, self.blk_ptr)
+        if x.ndim == 1:
+            y = np.empty(m, x.dtype)
+            xe = self._scratch.get(x.dtype)
+            if xe is None:
+                xe = self._scratch[x.dtype] = np.empty(self.shape[1] + 1, x.dtype)
+            (kernels.sliced_matvec_par if parallel else kernels.sliced_matvec)(
+                *args, x, xe, y, self.omega0)
+            return y
+        b = x.shape[1]
+        width = batch_width(x.dtype, b)
+        xe = batch_layout(x, width)
+        y = np.zeros((m, xe.shape[1]), x.dtype)
+        (kernels.sliced_matmat_par if parallel else kernels.sliced_matmat)(*args, xe, y, width)
+        if b != xe.shape[1]:
+            y = np.ascontiguousarray(y[:, :b])
+        if self.omega0 != 0:
+            y += x.dtype.type(self.omega0) * x.sum(axis=0)
+        return y
+
+
+def _bits(k: int) -> int:
+    """⌈log2 K⌉ bits to index K values (at least 1)."""
+    return max(1, math.ceil(math.log2(k))) if k > 1 else 1
+
+
+class _Grouped(MatrixFormat):
+    """Shared parts of CER and CSER."""
+
+    omega: np.ndarray
+    colI: np.ndarray
+    OmegaPtr: np.ndarray
+    rowPtr: np.ndarray
+    _plan: SlicedPlan | None = None
+    #: batch products: "sliced" (16 groups per slice: wins for small batches and short groups),
+    #: "rows" (row-wise groups, up to 64 output columns in registers), or "auto" (by batch size)
+    batch_kernel: str = "auto"
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.omega.dtype
+
+    @property
+    def nnz(self) -> int:
+        return int(self.colI.shape[0])
+
+    @property
+    def num_groups(self) -> int:
+        return int(self.OmegaPtr.shape[0] - 1)
+
+    def _group_values(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def _group_rows(self) -> np.ndarray:
+        return np.repeat(np.arange(self.shape[0], dtype=np.int64),
+                         np.diff(self.rowPtr.astype(np.int64)))
+
+    def value_counts(self) -> tuple[np.ndarray, np.ndarray]:
+        m, n = self.shape
+        counts = np.bincount(self._group_values(), weights=np.diff(self.OmegaPtr.astype(np.int64)),
+                             minlength=self.omega.shape[0]).astype(np.int64)
+        counts[0] = m * n - self.nnz
+        return self.omega, counts
+
+    def to_triplets(self) -> Triplets:
+        omega, counts = self.value_counts()
+        glen = np.diff(self.OmegaPtr.astype(np.int64))
+        rows = np.repeat(self._group_rows(), glen)
+        vidx = np.repeat(self._group_values().astype(np.int64), glen)
+        cols = self.colI.astype(np.int64)
+        order = np.lexsort((cols, rows))
+        t = Triplets(self.shape, omega, counts, rows[order], cols[order], vidx[order])
+        if counts.shape[0] > 1 and counts[1:].max() > counts[0]:
+            # values were not in frequency order (hand-built arrays): re-rank through labels
+            return Triplets.from_labels(t.labels(), omega)
+        return t
+
+    @property
+    def plan(self) -> SlicedPlan:
+        """The SIMD execution layout, built on first use and kept."""
+        if self._plan is None:
+            glen = np.diff(self.OmegaPtr.astype(np.int64))
+            self._plan = SlicedPlan.build(self.shape, self.omega, self._group_rows(),
+                                          self._group_values(), self.OmegaPtr[:-1], glen,
+                                          self.colI)
+        return self._plan
+
+    def group_weights(self, dtype: np.dtype) -> np.ndarray:
+        """(ω − ω0) of every group in the compute dtype (kept after the first product)."""
+        cache = self.__dict__.setdefault("_gw", {})
+        gw = cache.get(dtype)
+        if gw is None:
+            shift = self.omega.astype(np.float64) - float(self.omega[0])
+            gw = cache[dtype] = shift[self._group_values()].astype(dtype)
+        return gw
+
+    def _product(self, x: np.ndarray, parallel: bool) -> np.ndarray:
+        mode = self.batch_kernel
+        if x.ndim == 1 or mode == "sliced" or (mode == "auto" and x.shape[1] < ROWS_MIN_BATCH):
+            return self.plan.product(x, parallel)
+        # batch: row by row on the storage arrays, up to 64 output columns in registers
+        m = self.shape[0]
+        b = x.shape[1]
+        xe = batch_layout(x, 8 if b <= 8 else 16)
+        y = np.zeros((m, xe.shape[1]), x.dtype)
+        args = (xe, self.colI, self.OmegaPtr, self.group_weights(x.dtype), self.rowPtr, y)
+        if parallel:
+            kernels.grouped_matmat_par(*args, ROW_BLOCK)
+        else:
+            kernels.grouped_matmat(*args)
+        if b != xe.shape[1]:
+            y = np.ascontiguousarray(y[:, :b])
+        if self.omega[0] != 0:
+            y += x.dtype.type(self.omega[0]) * x.sum(axis=0)
+        return y
+
+    def _costs(self, name: str, extra_reads: dict[str, int], batch: int) -> Costs:
+        m, n = self.shape
+        nnz = self.nnz
+        groups = int(np.count_nonzero(np.diff(self.OmegaPtr.astype(np.int64))))
+        isz = self.omega.itemsize
+        implicit = self.omega[0] != 0
+        adds = (nnz + groups) * batch + ((n + 2 * m) * batch if implicit else 0)
+        mults = groups * batch + (m * batch if implicit else 0)
+        bits = self.storage_bits()
+        arrays = self.arrays()
+        reads = {"colI": nnz, "OmegaPtr": self.num_groups + 1, "rowPtr": m + 1,
+                 "Omega": groups, **extra_reads, "x": (nnz + (n if implicit else 0)) * batch}
+        width = {k: a.itemsize * 8 for k, a in arrays.items()}
+        width.update({"x": isz * 8, "y": isz * 8})
+        size = {k: -(-v // 8) for k, v in bits.items()}
+        size.update({"x": n * batch * isz, "y": m * batch * isz})
+        return Costs(name, self.shape, batch, adds=adds, mults=mults, reads=reads,
+                     writes={"y": m * batch}, width_bits=width, size_bytes=size, value_bits=isz * 8)
+
+    def matvec_naive(self, x: np.ndarray) -> np.ndarray:
+        """Textbook scalar kernel on the storage arrays (the benchmark's ablation baseline)."""
+        raise NotImplementedError
+
+    def _validate(self, omega: np.ndarray) -> None:
+        m, n = self.shape
+        _check_finite(omega, "Omega")
+        if omega.shape[0] < 1:
+            raise InvalidOption("Omega must hold at least ω0")
+        if np.unique(omega).shape[0] != omega.shape[0]:
+            raise InvalidOption("Omega values must be distinct")
+        if self.rowPtr.shape != (m + 1,):
+            raise ShapeMismatch(f"rowPtr has shape {self.rowPtr.shape}, expected ({m + 1},)")
+        for name, ptr, end in (("rowPtr", self.rowPtr, self.num_groups),
+                               ("OmegaPtr", self.OmegaPtr, self.nnz)):
+            p = ptr.astype(np.int64)
+            if p[0] != 0 or p[-1] != end or np.any(np.diff(p) < 0):
+                raise InvalidOption(f"{name} must rise from 0 to {end}")
+        if self.nnz and int(self.colI.max()) >= n:
+            raise InvalidOption(f"colI holds a column >= {n}")
+
+
+def _group_triplets(t: Triplets) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sort the non-ω0 elements by (row, value, column); return cols, row·K+value keys, order."""
+    k = t.omega.shape[0]
+    key = t.rows * k + t.vidx  # rows are sorted, columns ascending within a row
+    order = np.argsort(key, kind="stable")
+    return t.cols[order], key[order], order
+
+
+class CSER(_Grouped):
+    """Compressed Shared Elements Row format (SPEC §3)."""
+
+    format_name = "cser"
+    array_names = ("Omega", "colI", "OmegaI", "OmegaPtr", "rowPtr")
+
+    def __init__(self, omega: Any, colI: Any, OmegaI: Any, OmegaPtr: Any, rowPtr: Any,
+                 shape: tuple[int, int], check: bool = True):
+        m, n = int(shape[0]), int(shape[1])
+        omega = np.asarray(omega)
+        self.shape = (m, n)
+        self.omega = np.ascontiguousarray(omega, dtype=_value_dtype(omega.dtype))
+        raw = [np.asarray(a) for a in (colI, OmegaI, OmegaPtr, rowPtr)]
+        if check:
+            for name, a in zip(("colI", "OmegaI", "OmegaPtr", "rowPtr"), raw, strict=True):
+                if a.ndim != 1 or (a.size and (a.dtype.kind not in "ui" or a.min() < 0)):
+                    raise InvalidOption(f"CSER {name} must be a 1-D array of non-negative integers")
+        self.colI = np.ascontiguousarray(raw[0], dtype=index_dtype(max(n - 1, 0)))
+        k = self.omega.shape[0]
+        self.OmegaI = np.ascontiguousarray(raw[1], dtype=index_dtype(max(k - 1, 0)))
+        self.OmegaPtr = np.ascontiguousarray(raw[2], dtype=index_dtype(raw[0].shape[0]))
+        self.rowPtr = np.ascontiguousarray(raw[3], dtype=index_dtype(max(raw[1].shape[0], 0)))
+        if check:
+            if raw[2].shape[0] != raw[1].shape[0] + 1:
+                raise ShapeMismatch("OmegaPtr must have one entry per group plus the end")
+            if raw[0].size and int(raw[0].max()) >= n:
+                raise InvalidOption(f"colI holds a column >= {n}")
+            if raw[1].size and (int(raw[1].max()) >= self.omega.shape[0] or int(raw[1].min()) < 1):
+                raise InvalidOption("OmegaI must index Omega[1:] (ω0 is implicit)")
+            self._validate(self.omega)
+
+    @classmethod
+    def from_triplets(cls, t: Triplets) -> CSER:
+        m, n = t.shape
+        k = t.omega.shape[0]
+        cols, keys, _ = _group_triplets(t)
+        if keys.shape[0]:
+            starts = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]]))
+        else:
+            starts = np.zeros(0, np.int64)
+        gkeys = keys[starts]
+        omega_i = gkeys % k
+        row_ptr = np.searchsorted(gkeys // k, np.arange(m + 1), side="left")
+        omega_ptr = np.concatenate([starts, [keys.shape[0]]])
+        return cls(t.omega, cols, omega_i, omega_ptr, row_ptr, (m, n), check=False)
+
+    def _group_values(self) -> np.ndarray:
+        return self.OmegaI.astype(np.int64)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"Omega": self.omega, "colI": self.colI, "OmegaI": self.OmegaI,
+                "OmegaPtr": self.OmegaPtr, "rowPtr": self.rowPtr}
+
+    def storage_bits(self) -> dict[str, int]:
+        g = self.num_groups
+        return {
+            "Omega": self.omega.shape[0] * self.omega.itemsize * 8,
+            "colI": self.nnz * self.colI.itemsize * 8,
+            "OmegaI": g * _bits(self.omega.shape[0]),
+            "OmegaPtr": (g + 1) * self.OmegaPtr.itemsize * 8,
+            "rowPtr": (self.shape[0] + 1) * self.rowPtr.itemsize * 8,
+        }
+
+    def costs(self, batch: int = 1) -> Costs:
+        return self._costs("cser", {"OmegaI": self.num_groups}, batch)
+
+    def matvec_naive(self, x: np.ndarray) -> np.ndarray:
+        y = np.empty(self.shape[0], x.dtype)
+        kernels.cser_matvec_naive(self.omega - self.omega[0], self.colI, self.OmegaI,
+                                  self.OmegaPtr, self.rowPtr, x, y)
+        return y + self.omega[0] * x.sum()
+
+    def matvec_grouped(self, x: np.ndarray) -> np.ndarray:
+        """Canonical arrays, 16-lane vector gathers per group (second ablation step)."""
+        y = np.empty(self.shape[0], x.dtype)
+        kernels.cser_matvec_grouped((self.omega - self.omega[0]).astype(x.dtype), self.colI,
+                                    self.OmegaI, self.OmegaPtr, self.rowPtr, x, y)
+        return y + self.omega[0] * x.sum()
+
+
+class CER(_Grouped):
+    """Compressed Entropy Row format (SPEC §3): CSER without OmegaI, global value order."""
+
+    format_name = "cer"
+    array_names = ("Omega", "colI", "OmegaPtr", "rowPtr")
+
+    def __init__(self, omega: Any, colI: Any, OmegaPtr: Any, rowPtr: Any,
+                 shape: tuple[int, int], check: bool = True):
+        m, n = int(shape[0]), int(shape[1])
+        omega = np.asarray(omega)
+        self.shape = (m, n)
+        self.omega = np.ascontiguousarray(omega, dtype=_value_dtype(omega.dtype))
+        raw = [np.asarray(a) for a in (colI, OmegaPtr, rowPtr)]
+        if check:
+            for name, a in zip(("colI", "OmegaPtr", "rowPtr"), raw, strict=True):
+                if a.ndim != 1 or (a.size and (a.dtype.kind not in "ui" or a.min() < 0)):
+                    raise InvalidOption(f"CER {name} must be a 1-D array of non-negative integers")
+        self.colI = np.ascontiguousarray(raw[0], dtype=index_dtype(max(n - 1, 0)))
+        self.OmegaPtr = np.ascontiguousarray(raw[1], dtype=index_dtype(raw[0].shape[0]))
+        self.rowPtr = np.ascontiguousarray(raw[2], dtype=index_dtype(max(raw[1].shape[0] - 1, 0)))
+        if check:
+            if raw[0].size and int(raw[0].max()) >= n:
+                raise InvalidOption(f"colI holds a column >= {n}")
+            self._validate(self.omega)
+            per_row = np.diff(self.rowPtr.astype(np.int64))
+            if per_row.size and per_row.max() > self.omega.shape[0] - 1:
+                raise InvalidOption("a CER row has more groups than Omega has non-ω0 values")
+
+    @classmethod
+    def from_triplets(cls, t: Triplets) -> CER:
+        m, n = t.shape
+        k = t.omega.shape[0]
+        cols, keys, order = _group_triplets(t)
+        rows = keys // k
+        vals = keys % k
+        groups_per_row = np.zeros(m, np.int64)
+        np.maximum.at(groups_per_row, rows, vals)
+        total = int(groups_per_row.sum())
+        if total > CER_MAX_GROUP_FACTOR * (t.nnz + m):
+            raise InvalidOption(
+                f"CER would need {total} groups for {t.nnz} elements ({k} distinct values); "
+                "use CSER for matrices with many distinct values"
+            )
+        row_ptr = np.zeros(m + 1, np.int64)
+        np.cumsum(groups_per_row, out=row_ptr[1:])
+        gidx = row_ptr[rows] + vals - 1
+        omega_ptr = np.zeros(total + 1, np.int64)
+        np.cumsum(np.bincount(gidx, minlength=total), out=omega_ptr[1:])
+        return cls(t.omega, cols, omega_ptr, row_ptr, (m, n), check=False)
+
+    def _group_values(self) -> np.ndarray:
+        rows = self._group_rows()
+        return np.arange(self.num_groups, dtype=np.int64) - self.rowPtr.astype(np.int64)[rows] + 1
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"Omega": self.omega, "colI": self.colI, "OmegaPtr": self.OmegaPtr,
+                "rowPtr": self.rowPtr}
+
+    def storage_bits(self) -> dict[str, int]:
+        g = self.num_groups
+        return {
+            "Omega": self.omega.shape[0] * self.omega.itemsize * 8,
+            "colI": self.nnz * self.colI.itemsize * 8,
+            "OmegaPtr": (g + 1) * self.OmegaPtr.itemsize * 8,
+            "rowPtr": (self.shape[0] + 1) * self.rowPtr.itemsize * 8,
+        }
+
+    def costs(self, batch: int = 1) -> Costs:
+        return self._costs("cer", {}, batch)
+
+    def matvec_naive(self, x: np.ndarray) -> np.ndarray:
+        y = np.empty(self.shape[0], x.dtype)
+        kernels.cer_matvec_naive(self.omega - self.omega[0], self.colI, self.OmegaPtr,
+                                 self.rowPtr, x, y)
+        return y + self.omega[0] * x.sum()

@@ -1,0 +1,254 @@
+"""Compiled mat-vec and mat-mat kernels for CSR, CER and CSER.
+
+Three generations of the CER/CSER dot product are kept, because the benchmark shows what each
+design step buys (SPEC §3, y = M·x, per row: for each value group s = Σ x[colI], acc += ω·s):
+
+1. ``cser_matvec_naive`` / ``cer_matvec_naive`` — the textbook loop on the canonical arrays: one
+   scalar accumulator per group, so every add waits for the previous one, and a short inner loop
+   whose exit the branch predictor misses once per group.
+2. ``cser_matvec_grouped`` — same canonical arrays, each group summed with 16-lane vector gathers
+   (``_vec.group_sum``): several independent accumulators, index streams read 16 at a time.
+3. ``sliced_matvec`` / ``sliced_matmat`` — the execution layout built by ``SlicedPlan``: the groups
+   of a block of rows are sorted by length and interleaved 16 at a time (lane = group), so one
+   full gather adds one element to 16 groups, loops have no per-group exits, and the batch form
+   adds whole contiguous rows of X (n × B, row-major) into 16 vector accumulators.
+
+All kernels take ``wshift = Ω − ω0``: with it the implicit value needs no special case,
+y = Σ_groups (ω − ω0)·s + ω0·Σx, and the caller adds the last term (zero when ω0 = 0).
+Kernels ending in ``_par`` split row blocks over numba threads (``prange``); blocks own
+disjoint rows, so no two threads write the same output.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ._vec import (
+    LANES,
+    group_rows_matmat8,
+    group_rows_matmat16,
+    group_rows_matmat32,
+    group_rows_matmat48,
+    group_rows_matmat64,
+    group_sum,
+    row_axpy8,
+    row_axpy16,
+    row_dot,
+    slice_matmat8,
+    slice_matmat16,
+    slice_matvec,
+)
+
+# ----------------------------------------------------------------------------- naive references
+
+
+@njit(cache=True)
+def cser_matvec_naive(omega, colI, OmegaI, OmegaPtr, rowPtr, x, y):
+    """Textbook CSER mat-vec (one accumulator, scalar): the ablation baseline."""
+    for i in range(rowPtr.shape[0] - 1):
+        acc = 0.0
+        for g in range(rowPtr[i], rowPtr[i + 1]):
+            s = 0.0
+            for k in range(OmegaPtr[g], OmegaPtr[g + 1]):
+                s += x[colI[k]]
+            acc += omega[OmegaI[g]] * s
+        y[i] = acc
+
+
+@njit(cache=True)
+def cer_matvec_naive(omega, colI, OmegaPtr, rowPtr, x, y):
+    """Textbook CER mat-vec: the g-th group of a row holds value Ω[1 + g − rowPtr[i]]."""
+    for i in range(rowPtr.shape[0] - 1):
+        acc = 0.0
+        g0 = rowPtr[i]
+        for g in range(g0, rowPtr[i + 1]):
+            s = 0.0
+            for k in range(OmegaPtr[g], OmegaPtr[g + 1]):
+                s += x[colI[k]]
+            acc += omega[1 + g - g0] * s
+        y[i] = acc
+
+
+@njit(cache=True, fastmath=True)
+def cser_matvec_grouped(omega, colI, OmegaI, OmegaPtr, rowPtr, x, y):
+    """Canonical CSER arrays, each group summed by 16-lane vector gathers."""
+    for i in range(rowPtr.shape[0] - 1):
+        acc = 0.0
+        for g in range(rowPtr[i], rowPtr[i + 1]):
+            s = group_sum(x, colI, np.int64(OmegaPtr[g]), np.int64(OmegaPtr[g + 1]))
+            acc += omega[OmegaI[g]] * s
+        y[i] = acc
+
+
+# ----------------------------------------------------------------------------- sliced CER/CSER
+
+
+@njit(inline="always", fastmath=True)
+def _sliced_block_vec(b, col, sl_ptr, sl_len, lane_w, lane_row, blk_ptr, xe, y):
+    for sl in range(blk_ptr[b], blk_ptr[b + 1]):
+        slice_matvec(xe, col, np.int64(sl_ptr[sl]), np.int64(sl_len[sl]), lane_w, lane_row,
+                     np.int64(sl * LANES), y)
+
+
+@njit(inline="always")
+def _prepare_vec(x, xe, y, omega0):
+    """xe = [x, 0] (padded lanes read the 0); y = ω0·Σx (0 when ω0 = 0)."""
+    total = 0.0
+    for j in range(x.shape[0]):
+        xe[j] = x[j]
+        total += x[j]
+    xe[x.shape[0]] = 0
+    start = omega0 * total
+    for i in range(y.shape[0]):
+        y[i] = start
+
+
+@njit(cache=True, fastmath=True)
+def sliced_matvec(col, sl_ptr, sl_len, lane_w, lane_row, blk_ptr, x, xe, y, omega0):
+    """y = Σ_groups (ω − ω0)·Σ x[cols] + ω0·Σx; xe is scratch of n + 1 (x and the padding 0)."""
+    _prepare_vec(x, xe, y, omega0)
+    for b in range(blk_ptr.shape[0] - 1):
+        _sliced_block_vec(b, col, sl_ptr, sl_len, lane_w, lane_row, blk_ptr, xe, y)
+
+
+@njit(cache=True, fastmath=True, parallel=True)
+def sliced_matvec_par(col, sl_ptr, sl_len, lane_w, lane_row, blk_ptr, x, xe, y, omega0):
+    """Parallel ``sliced_matvec``: one row block per task."""
+    _prepare_vec(x, xe, y, omega0)
+    for b in prange(blk_ptr.shape[0] - 1):
+        _sliced_block_vec(b, col, sl_ptr, sl_len, lane_w, lane_row, blk_ptr, xe, y)
+
+
+@njit(inline="always", fastmath=True)
+def _sliced_block_mat(b, col, sl_ptr, sl_len, lane_w, lane_row, blk_ptr, Xe, Y, width):
+    for sl in range(blk_ptr[b], blk_ptr[b + 1]):
+        base = np.int64(sl_ptr[sl])
+        length = np.int64(sl_len[sl])
+        o = np.int64(sl * LANES)
+        for j0 in range(0, Xe.shape[1], width):
+            if width == 16:
+                slice_matmat16(Xe, col, base, length, np.int64(j0), lane_w, lane_row, o, Y)
+            else:
+                slice_matmat8(Xe, col, base, length, np.int64(j0), lane_w, lane_row, o, Y)
+
+
+@njit(cache=True, fastmath=True)
+def sliced_matmat(col, sl_ptr, sl_len, lane_w, lane_row, blk_ptr, Xe, Y, width):
+    """Y += Σ_groups (ω − ω0)·Σ Xe[cols, :]; Xe is (n+1) × B' row-major, B' a multiple of width."""
+    for b in range(blk_ptr.shape[0] - 1):
+        _sliced_block_mat(b, col, sl_ptr, sl_len, lane_w, lane_row, blk_ptr, Xe, Y, width)
+
+
+@njit(cache=True, fastmath=True, parallel=True)
+def sliced_matmat_par(col, sl_ptr, sl_len, lane_w, lane_row, blk_ptr, Xe, Y, width):
+    """Parallel ``sliced_matmat``: one row block per task."""
+    for b in prange(blk_ptr.shape[0] - 1):
+        _sliced_block_mat(b, col, sl_ptr, sl_len, lane_w, lane_row, blk_ptr, Xe, Y, width)
+
+
+# ----------------------------------------------------------------------------- CSR
+
+
+@njit(cache=True)
+def csr_matvec_naive(data, indices, indptr, x, y):
+    """Textbook CSR mat-vec (one accumulator, scalar)."""
+    for i in range(indptr.shape[0] - 1):
+        acc = 0.0
+        for k in range(indptr[i], indptr[i + 1]):
+            acc += data[k] * x[indices[k]]
+        y[i] = acc
+
+
+@njit(inline="always", fastmath=True)
+def _csr_rows_vec(r0, r1, data, indices, indptr, x, y):
+    for i in range(r0, r1):
+        y[i] = row_dot(data, indices, x, np.int64(indptr[i]), np.int64(indptr[i + 1]))
+
+
+@njit(cache=True, fastmath=True)
+def csr_matvec(data, indices, indptr, x, y):
+    """CSR mat-vec with 16-lane masked gathers and vector FMAs per row."""
+    _csr_rows_vec(0, indptr.shape[0] - 1, data, indices, indptr, x, y)
+
+
+@njit(cache=True, fastmath=True, parallel=True)
+def csr_matvec_par(data, indices, indptr, x, y, block):
+    """Parallel CSR mat-vec over blocks of ``block`` rows."""
+    m = indptr.shape[0] - 1
+    for b in prange((m + block - 1) // block):
+        _csr_rows_vec(b * block, min(m, (b + 1) * block), data, indices, indptr, x, y)
+
+
+@njit(inline="always", fastmath=True)
+def _csr_rows_mat(r0, r1, data, indices, indptr, Xe, Y, width):
+    for i in range(r0, r1):
+        a = np.int64(indptr[i])
+        e = np.int64(indptr[i + 1])
+        for j0 in range(0, Xe.shape[1], width):
+            if width == 16:
+                row_axpy16(data, indices, Xe, a, e, np.int64(j0), Y, np.int64(i))
+            else:
+                row_axpy8(data, indices, Xe, a, e, np.int64(j0), Y, np.int64(i))
+
+
+@njit(cache=True, fastmath=True)
+def csr_matmat(data, indices, indptr, Xe, Y, width):
+    """CSR times a row-major batch Xe (n × B', B' a multiple of width): vector AXPYs per row."""
+    _csr_rows_mat(0, indptr.shape[0] - 1, data, indices, indptr, Xe, Y, width)
+
+
+@njit(cache=True, fastmath=True, parallel=True)
+def csr_matmat_par(data, indices, indptr, Xe, Y, width, block):
+    """Parallel ``csr_matmat`` over blocks of ``block`` rows."""
+    m = indptr.shape[0] - 1
+    for b in prange((m + block - 1) // block):
+        _csr_rows_mat(b * block, min(m, (b + 1) * block), data, indices, indptr, Xe, Y, width)
+
+
+# ----------------------------------------------------------------------------- row-wise batch
+
+
+@njit(inline="always", fastmath=True)
+def _group_rows_block(r0, r1, Xe, colI, OmegaPtr, gw, rowPtr, Y):
+    bp = Xe.shape[1]
+    for i in range(r0, r1):
+        g0 = np.int64(rowPtr[i])
+        g1 = np.int64(rowPtr[i + 1])
+        ii = np.int64(i)
+        if bp == 8:
+            group_rows_matmat8(Xe, colI, OmegaPtr, gw, g0, g1, np.int64(0), Y, ii)
+            continue
+        j0 = 0
+        while j0 < bp:
+            left = bp - j0
+            if left >= 64:
+                group_rows_matmat64(Xe, colI, OmegaPtr, gw, g0, g1, np.int64(j0), Y, ii)
+                j0 += 64
+            elif left == 48:
+                group_rows_matmat48(Xe, colI, OmegaPtr, gw, g0, g1, np.int64(j0), Y, ii)
+                j0 += 48
+            elif left == 32:
+                group_rows_matmat32(Xe, colI, OmegaPtr, gw, g0, g1, np.int64(j0), Y, ii)
+                j0 += 32
+            else:
+                group_rows_matmat16(Xe, colI, OmegaPtr, gw, g0, g1, np.int64(j0), Y, ii)
+                j0 += 16
+
+
+@njit(cache=True, fastmath=True)
+def grouped_matmat(Xe, colI, OmegaPtr, gw, rowPtr, Y):
+    """Y += Σ_groups gw[g]·Σ Xe[colI[group], :] row by row; Xe row-major, width 8 or 16·k.
+
+    gw[g] is the group's (ω − ω0). Each row keeps up to 64 output columns in registers while
+    its groups stream by: the batch counterpart of the mat-vec's value grouping.
+    """
+    _group_rows_block(0, rowPtr.shape[0] - 1, Xe, colI, OmegaPtr, gw, rowPtr, Y)
+
+
+@njit(cache=True, fastmath=True, parallel=True)
+def grouped_matmat_par(Xe, colI, OmegaPtr, gw, rowPtr, Y, block):
+    """Parallel ``grouped_matmat`` over blocks of ``block`` rows."""
+    m = rowPtr.shape[0] - 1
+    for b in prange((m + block - 1) // block):
+        _group_rows_block(b * block, min(m, (b + 1) * block), Xe, colI, OmegaPtr, gw, rowPtr, Y)

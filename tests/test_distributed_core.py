@@ -1,0 +1,383 @@
+"""Pure core of the communicate pillar: selection, compressors, residuals, packets, ledger."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dnnzip.codec import CorruptPayload, InvalidOption
+from dnnzip.coding.golomb import expected_bits_per_position
+from dnnzip.distributed import (
+    SBC,
+    STC,
+    BitLedger,
+    FederatedSimulator,
+    Message,
+    NonFiniteUpdate,
+    PacketCodec,
+    ResidualMemory,
+    Slot,
+    TopK,
+    dense,
+    make_compressor,
+    num_selected,
+    sbc,
+    split_non_iid,
+    stc,
+    topk,
+    topk_indices,
+)
+
+# ------------------------------------------------------------------------------ selection
+
+
+@pytest.mark.parametrize("method", ["exact", "sampled", "auto"])
+@pytest.mark.parametrize("n,k", [(10, 3), (1000, 1), (300_000, 300), (300_000, 3000)])
+def test_topk_indices_is_exact(method, n, k):
+    rng = np.random.default_rng(n + k)
+    x = rng.standard_normal(n)
+    got = np.sort(x[topk_indices(x, k, method=method)])
+    want = np.sort(x)[n - k :]
+    assert np.array_equal(got, want)
+
+
+def test_sampled_selection_survives_adversarial_layout():
+    # a huge block of equal values and a few large ones: the sample cannot see the tail
+    x = np.zeros(400_000)
+    x[::1000] = np.arange(400) + 1.0
+    got = topk_indices(x, 350, method="sampled")
+    assert np.array_equal(np.sort(x[got]), np.arange(51, 401, dtype=float))
+
+
+def test_topk_indices_edges():
+    x = np.array([3.0, 1.0, 2.0])
+    assert topk_indices(x, 0).size == 0
+    assert sorted(topk_indices(x, 5).tolist()) == [0, 1, 2]
+    assert topk_indices(np.empty(0), 3).size == 0
+    with pytest.raises(InvalidOption):
+        topk_indices(x, 1, method="sort")
+
+
+def test_num_selected_is_ceil():
+    assert num_selected(100, 0.01) == 1
+    assert num_selected(101, 0.01) == 2
+    assert num_selected(1000, 0.001) == 1
+    assert num_selected(0, 0.5) == 0
+    assert num_selected(7, 1.0) == 7
+
+
+# ------------------------------------------------------------------------------ compressors
+
+
+def test_sbc_keeps_the_side_with_larger_mean():
+    x = np.array([5.0, 4.0, -1.0, -1.5, 0.0, 3.0, -20.0, 0.1, 0.2, 0.3])
+    m = sbc(x, 0.3)  # k = 3: positives 5,4,3 mean 4; negatives -20,-1.5,-1 mean -7.5
+    assert m.positions.tolist() == [2, 3, 6]
+    assert m.scale == pytest.approx(-7.5)
+    assert np.all(m.position_values() == np.float32(-7.5))
+    m2 = sbc(-x, 0.3)
+    assert m2.scale == pytest.approx(7.5)
+
+
+def test_sbc_one_sided_and_zero_inputs():
+    m = sbc(np.array([0.0, 1.0, 2.0, 0.0]), 0.5)  # no negatives at all
+    assert m.positions.tolist() == [1, 2] and m.scale == pytest.approx(1.5)
+    z = sbc(np.zeros(10), 0.5)
+    assert z.count == 0 and z.scale == 0.0
+    e = sbc(np.empty(0), 0.5)
+    assert e.count == 0 and e.numel == 0
+
+
+def test_stc_ternary_and_topk_values():
+    x = np.array([0.5, -3.0, 2.0, 0.1, -0.2, 1.0])
+    m = stc(x, 0.5)  # k = 3: |-3|, 2, 1 → μ = 2
+    assert m.positions.tolist() == [1, 2, 5]
+    assert m.scale == pytest.approx(2.0)
+    assert m.position_values().tolist() == [-2.0, 2.0, 2.0]
+    t = topk(x, 0.5)
+    assert t.positions.tolist() == [1, 2, 5]
+    assert t.position_values().tolist() == [-3.0, 2.0, 1.0]
+    d = dense(x)
+    assert np.array_equal(d.to_dense().numpy(), x.astype(np.float32))
+
+
+@pytest.mark.parametrize("p", [0.0, -0.1, 1.5, float("nan"), "x"])
+def test_bad_density_is_rejected(p):
+    with pytest.raises(InvalidOption):
+        sbc(np.ones(4), p)
+    with pytest.raises(InvalidOption):
+        make_compressor("stc", p)
+
+
+def test_unknown_method_rejected():
+    with pytest.raises(InvalidOption):
+        make_compressor("zip", 0.1)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_nonfinite_input_raises(bad):
+    x = np.ones(100)
+    x[17] = bad
+    for f in (sbc, stc, topk):
+        with pytest.raises(NonFiniteUpdate):
+            f(x, 0.1)
+    with pytest.raises(NonFiniteUpdate):
+        dense(x)
+
+
+def test_huge_finite_values_are_not_mistaken_for_nonfinite():
+    x = np.full(10, 3e38, dtype=np.float32)  # the float32 sum overflows, every entry is finite
+    m = sbc(x, 0.2)
+    assert m.count == 2 and m.scale == pytest.approx(3e38, rel=1e-6)
+
+
+def test_compressors_work_on_torch_tensors():
+    x = torch.randn(3, 50, dtype=torch.float64)
+    for c in (SBC(0.1), STC(0.1), TopK(0.1)):
+        m = c(x)
+        assert m.numel == 150 and 0 < m.count <= 15
+        assert np.all(np.diff(m.positions) > 0)
+
+
+# ------------------------------------------------------------------------------ residual
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    method=st.sampled_from(["sbc", "stc", "topk", "dense"]),
+    p=st.sampled_from([0.05, 0.2, 1.0]),
+    steps=st.integers(1, 6),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_residual_conserves_exactly(method, p, steps, seed):
+    """Σ sent + residual = Σ updates, bit-exactly (fsum per element, float64)."""
+    rng = np.random.default_rng(seed)
+    n = 64
+    mem = ResidualMemory()
+    comp = make_compressor(method, p)
+    sent = np.zeros((steps, n))
+    ups = np.zeros((steps, n))
+    for t in range(steps):
+        u = (rng.standard_normal(n) * 10.0 ** rng.uniform(-3, 1, n)).astype(np.float32)
+        ups[t] = u
+        msg = mem.compress("w", torch.from_numpy(u), comp)
+        sent[t] = msg.to_dense(torch.float64).numpy()
+    res = mem.residual("w").numpy()
+    for i in range(n):
+        assert math.fsum(list(sent[:, i]) + [res[i]]) == math.fsum(ups[:, i])
+
+
+def test_residual_nonfinite_leaves_state_untouched_and_size_mismatch():
+    mem = ResidualMemory()
+    mem.accumulate("a", torch.ones(5))
+    bad = torch.ones(5)
+    bad[2] = float("nan")
+    with pytest.raises(NonFiniteUpdate):
+        mem.accumulate("a", bad)
+    assert torch.equal(mem.residual("a"), torch.ones(5, dtype=torch.float64))
+    with pytest.raises(InvalidOption):
+        mem.accumulate("a", torch.ones(6))
+    state = mem.state_dict()
+    other = ResidualMemory()
+    other.load_state_dict(state)
+    assert torch.equal(other.residual("a"), mem.residual("a"))
+
+
+def test_residual_handles_empty_tensor():
+    mem = ResidualMemory()
+    msg = mem.compress("e", torch.empty(0), SBC(0.1))
+    assert msg.count == 0 and mem.residual("e").numel() == 0
+
+
+# ------------------------------------------------------------------------------ packets
+
+
+def _messages(method, slots, rng):
+    comp = make_compressor(method, 0.01)
+    out = []
+    for s in slots:
+        x = rng.standard_normal(s.numel)
+        out.append(comp(x) if s.compressed and method != "dense" else dense(x))
+    return out
+
+
+SLOTS = (Slot("w1", 20_000, True), Slot("b1", 7, False), Slot("w2", 3_000, True),
+         Slot("empty", 0, True), Slot("b2", 300, True))
+
+
+@pytest.mark.parametrize("method", ["sbc", "stc", "topk", "dense"])
+def test_packets_round_trip(method):
+    rng = np.random.default_rng(1)
+    codec = PacketCodec(SLOTS, method, 0.01)
+    msgs = _messages(method, codec.slots, rng)
+    data, bits = codec.encode(msgs)
+    assert 0 <= 8 * len(data) - bits < 16  # at most the padding of the sign and Golomb bytes
+    for decoded in (codec.decode(data), codec.decode_padded(codec.encode_padded(msgs))):
+        for a, b in zip(msgs, decoded, strict=True):
+            assert a.method == b.method and a.numel == b.numel
+            assert np.array_equal(a.positions, b.positions)
+            assert np.array_equal(a.position_values(), b.position_values())
+
+
+def test_sbc_packet_costs_what_the_spec_says():
+    """One big compressed tensor: bits ≈ k·b̄ + 32 + 32 (count), b̄ from the Golomb formula."""
+    n, p = 1_000_000, 0.01
+    rng = np.random.default_rng(0)
+    codec = PacketCodec([Slot("w", n, True)], "sbc", p)
+    msg = sbc(rng.standard_normal(n), p)
+    _, bits = codec.encode([msg])
+    per_position = (bits - 64) / msg.count
+    assert abs(per_position - expected_bits_per_position(p)) / expected_bits_per_position(p) < 0.02
+    # STC adds exactly one sign bit per position
+    codec_t = PacketCodec([Slot("w", n, True)], "stc", p)
+    m_t = stc(rng.standard_normal(n), p)
+    _, bits_t = codec_t.encode([m_t])
+    assert bits_t - 64 - m_t.count == pytest.approx(per_position * m_t.count, rel=0.03)
+
+
+def test_corrupted_packets_are_detected():
+    rng = np.random.default_rng(2)
+    codec = PacketCodec(SLOTS, "stc", 0.01)
+    msgs = _messages("stc", codec.slots, rng)
+    data, _ = codec.encode(msgs)
+    with pytest.raises(CorruptPayload):
+        codec.decode(data[:-3])  # truncated Golomb stream
+    with pytest.raises(CorruptPayload):
+        codec.decode(data[:5])  # shorter than the head
+    bad = bytearray(data)
+    bad[0:4] = (10**6).to_bytes(4, "little")  # absurd count
+    with pytest.raises(CorruptPayload):
+        codec.decode(bytes(bad))
+    bad = bytearray(data)
+    bad[4:8] = np.array([np.nan], dtype="<f4").tobytes()  # NaN scale
+    with pytest.raises(CorruptPayload):
+        codec.decode(bytes(bad))
+    words = codec.encode_padded(msgs)
+    words[1] = 10**9  # a position beyond its tensor
+    with pytest.raises(CorruptPayload):
+        codec.decode_padded(words)
+    with pytest.raises(CorruptPayload):
+        codec.decode_padded(words[:-1])
+
+
+def test_packet_rejects_messages_that_do_not_fit():
+    codec = PacketCodec(SLOTS, "sbc", 0.01)
+    msgs = _messages("stc", codec.slots, np.random.default_rng(3))
+    with pytest.raises(InvalidOption):
+        codec.encode(msgs)
+    with pytest.raises(InvalidOption):
+        codec.encode(msgs[:2])
+
+
+# ------------------------------------------------------------------------------ ledger
+
+
+def test_ledger_totals_and_ratios():
+    led = BitLedger()
+    for s in range(10):
+        led.record(s, dense_bits=3200)
+    led.record(9, golomb_bits=100, sent_bytes=16)
+    t = led.totals()
+    assert t["dense_bits"] == 32000 and t["golomb_bits"] == 100
+    assert t["ratio_golomb"] == 320 and t["ratio_sent"] == 250
+    assert len(led.per_step()) == 10
+    clone = BitLedger()
+    clone.load_state_dict(led.state_dict())
+    assert clone.totals() == t
+    assert "up" in led.summary()
+
+
+# ------------------------------------------------------------------------------ federated
+
+
+def test_split_non_iid_gives_two_classes_each_and_partitions():
+    labels = np.repeat(np.arange(10), 50)
+    parts = split_non_iid(labels, 100, 2, seed=0)
+    assert len(parts) == 100
+    allidx = np.concatenate(parts)
+    assert np.array_equal(np.sort(allidx), np.arange(500))
+    assert all(len(np.unique(labels[p])) == 2 for p in parts)
+    with pytest.raises(InvalidOption):
+        split_non_iid(labels, 10, 11)
+
+
+def _toy_clients(n_clients=8, seed=0):
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((5, 3))
+    x = rng.standard_normal((400, 5)).astype(np.float32)
+    y = (x @ w).argmax(1)
+    parts = split_non_iid(y, n_clients, 2, seed)
+    clients = [(torch.from_numpy(x[p]), torch.from_numpy(y[p])) for p in parts]
+    return clients, torch.from_numpy(x), torch.from_numpy(y)
+
+
+def test_federated_simulator_learns_and_counts_bits():
+    clients, x, y = _toy_clients()
+    torch.manual_seed(0)
+    model = torch.nn.Linear(5, 3)
+    sim = FederatedSimulator(model, clients, up="stc", p_up=0.2, down="stc", p_down=0.2,
+                             clients_per_round=3, local_steps=3, batch_size=16, lr=0.2, seed=0)
+
+    def acc(m):
+        with torch.no_grad():
+            return float((m(x).argmax(1) == y).float().mean())
+
+    before = acc(model)
+    hist = sim.run(60, evaluate=acc, eval_every=20)
+    assert hist[-1]["metric"] > max(before, 0.6)
+    up, down = sim.ledger.totals("up"), sim.ledger.totals("down")
+    assert up["dense_bits"] == 60 * 3 * 32 * 18
+    assert 0 < up["golomb_bits"] < up["dense_bits"] and 0 < down["golomb_bits"]
+    # every client's model equals the global one the broadcasts describe
+    assert all(torch.equal(p, g) for p, g in zip(model.parameters(), sim.global_params,
+                                                 strict=True))
+
+
+def test_federated_simulator_bad_options():
+    clients, _, _ = _toy_clients()
+    model = torch.nn.Linear(5, 3)
+    with pytest.raises(InvalidOption):
+        FederatedSimulator(model, clients, clients_per_round=0)
+    with pytest.raises(InvalidOption):
+        FederatedSimulator(model, [], clients_per_round=1)
+    with pytest.raises(InvalidOption):
+        FederatedSimulator(model, clients, p_up=2.0)
+
+
+def test_message_add_to_accumulates():
+    m = Message("sbc", 5, np.array([1, 3]), 2.0)
+    out = torch.ones(5)
+    m.add_to(out)
+    assert out.tolist() == [1.0, 3.0, 1.0, 3.0, 1.0]
+
+
+@pytest.mark.parametrize("method", ["sbc", "stc", "topk"])
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fused_accumulate_compress_matches_the_plain_path(method, momentum, dtype):
+    """The one-pass kernel (large CPU tensors) gives the same message and residual as
+    momentum update + add + compress done separately."""
+    n = 300_000
+    rng = np.random.default_rng(5)
+    comp = make_compressor(method, 0.003)
+    acc_f = torch.from_numpy(rng.standard_normal(n)).to(dtype)
+    acc_p = acc_f.clone()
+    u_f = torch.from_numpy(rng.standard_normal(n).astype(np.float32))
+    u_p = u_f.clone()
+    g = torch.from_numpy(rng.standard_normal(n).astype(np.float32))
+    fused = comp.accumulate_compress(acc_f, g, u_f if momentum else None, momentum)
+    if momentum:
+        u_p.mul_(momentum).add_(g)
+        acc_p.add_(u_p)
+    else:
+        acc_p.add_(g)
+    plain = comp(acc_p)
+    assert torch.equal(acc_f, acc_p) and torch.equal(u_f, u_p)
+    assert np.array_equal(fused.positions, plain.positions)
+    assert np.array_equal(fused.position_values(), plain.position_values())
+    assert fused.count == num_selected(n, 0.003)

@@ -1,0 +1,364 @@
+"""Matrix formats: lossless conversion, products against dense, accounting, bad input."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dnnzip.codec import InvalidOption, Quantized
+from dnnzip.formats import (
+    CER,
+    CSER,
+    CSR,
+    EIE,
+    FORMATS,
+    Dense,
+    IndexOverflow,
+    MatrixFormat,
+    ShapeMismatch,
+    energy,
+    from_dense,
+    from_quantized,
+    index_dtype,
+    kernels,
+)
+from dnnzip.formats import _base as base
+from dnnzip.formats.cost import TimeModel, mem_energy, op_energy
+
+ALL = (Dense, CSR, CER, CSER, EIE)
+
+
+def _tolerance(w: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Float32 summation bound: a few ulps of the magnitudes summed per output.
+
+    With an implicit ω0 ≠ 0 the formats compute Σ(ω − ω0)·x + ω0·Σx, so those terms count too.
+    """
+    w64, ax = w.astype(np.float64), np.abs(x).astype(np.float64)
+    scale = np.abs(w64) @ ax
+    if w.size:
+        values, counts = np.unique(w64, return_counts=True)
+        w0 = values[np.argmax(counts)]
+        scale = scale + np.abs(w64 - w0) @ ax + abs(w0) * ax.sum(axis=0)
+    return 1e-5 * scale + 1e-30
+
+
+def _check_product(mat: MatrixFormat, w: np.ndarray, x: np.ndarray, **kw) -> None:
+    y = mat.dot(x, **kw)
+    ref = w.astype(np.float64) @ x.astype(np.float64)
+    assert y.shape == ref.shape
+    assert np.all(np.abs(y - ref) <= _tolerance(w, x)), (type(mat).__name__, y, ref)
+
+
+@st.composite
+def low_entropy(draw, max_rows=12, max_cols=40, max_values=20):
+    m = draw(st.integers(0, max_rows))
+    n = draw(st.integers(0, max_cols))
+    k = draw(st.integers(1, max_values))
+    values = draw(st.lists(st.floats(-4, 4, allow_nan=False, width=32), min_size=k, max_size=k,
+                           unique=True))
+    if draw(st.booleans()):
+        values[0] = 0.0  # usually 0 is a value, and then mostly the frequent one
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    p0 = draw(st.sampled_from([0.0, 0.5, 0.9, 1.0]))
+    idx = rng.integers(0, k, size=(m, n))
+    idx[rng.random((m, n)) < p0] = 0
+    codebook = np.asarray(values, np.float32)
+    return idx, codebook, rng
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(low_entropy())
+def test_every_format_equals_dense(case):
+    idx, codebook, rng = case
+    w = codebook[idx]
+    m, n = w.shape
+    x = rng.standard_normal(n).astype(np.float32)
+    xb = rng.standard_normal((n, int(rng.integers(1, 20)))).astype(np.float32)
+    for cls in ALL:
+        k = np.unique(w).shape[0]
+        if cls is EIE and k > 16:
+            with pytest.raises(InvalidOption):
+                cls.from_dense(w)
+            continue
+        for mat in (cls.from_dense(w), cls.from_quantized(Quantized(idx, codebook))):
+            assert np.array_equal(mat.toarray(), w)
+            assert mat.toarray().dtype == np.float32
+            _check_product(mat, w, x)
+            _check_product(mat, w, xb)
+            _check_product(mat, w, xb[:, :1])
+            assert mat.total_bits >= 0 and mat.nbytes >= 0
+            assert 0.0 <= mat.entropy <= math.log2(max(k, 1)) + 1e-9
+        for other in FORMATS:
+            if other == "eie" and k > 16:
+                continue
+            assert np.array_equal(mat.to(other).toarray(), w)
+
+
+@settings(max_examples=25, deadline=None)
+@given(low_entropy(max_rows=30, max_cols=300))
+def test_kernel_generations_agree(case):
+    idx, codebook, rng = case
+    w = codebook[idx]
+    if w.size == 0:
+        return
+    x = rng.standard_normal(w.shape[1]).astype(np.float32)
+    ref = w.astype(np.float64) @ x
+    tol = _tolerance(w, x)
+    cser, cer, csr = CSER.from_dense(w), CER.from_dense(w), CSR.from_dense(w)
+    for y in (cser.matvec_naive(x), cser.matvec_grouped(x), cer.matvec_naive(x),
+              csr.matvec_naive(x), cser.dot(x), cer.dot(x), csr.dot(x)):
+        assert np.all(np.abs(y - ref) <= tol)
+
+
+def test_float64_matrices_stay_exact_and_precise():
+    rng = np.random.default_rng(1)
+    codebook = rng.standard_normal(9)  # float64 values
+    idx = rng.integers(0, 9, size=(50, 70))
+    idx[rng.random(idx.shape) < 0.7] = 0
+    w = codebook[idx]
+    x = rng.standard_normal((70, 5))
+    for cls in (CSR, CER, CSER):
+        mat = cls.from_dense(w)
+        assert mat.dtype == np.float64 and np.array_equal(mat.toarray(), w)
+        np.testing.assert_allclose(mat @ x, w @ x, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(mat @ x[:, 0], w @ x[:, 0], rtol=1e-12, atol=1e-12)
+    # a float32 matrix times a float64 vector computes in float64
+    w32 = w.astype(np.float32)
+    y = CSER.from_dense(w32) @ x[:, 0]
+    assert y.dtype == np.float64
+    np.testing.assert_allclose(y, w32.astype(np.float64) @ x[:, 0], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("batch", [1, 3, 8, 9, 16, 40, 64, 100])
+def test_parallel_serial_and_both_batch_kernels_agree(monkeypatch, batch):
+    monkeypatch.setattr(base, "PARALLEL_MIN_WORK", 1)
+    rng = np.random.default_rng(2)
+    idx = rng.integers(-7, 8, size=(301, 517)) * (rng.random((301, 517)) < 0.1)
+    x = rng.standard_normal((517, batch) if batch > 1 else 517).astype(np.float32)
+    for shift in (0.0, 0.06):  # ω0 = 0 and ω0 ≠ 0
+        w = (idx * 0.03 + shift).astype(np.float32)
+        for cls in (CSR, CER, CSER):
+            mat = cls.from_dense(w)
+            for mode in ("sliced", "rows") if cls is not CSR else ("-",):
+                mat.batch_kernel = mode
+                _check_product(mat, w, x, threads=1)
+                _check_product(mat, w, x, threads=2)
+
+
+def test_nonzero_omega0_is_implicit():
+    rng = np.random.default_rng(3)
+    w = np.full((20, 30), 0.25, np.float32)
+    w[rng.random(w.shape) < 0.2] = -1.0
+    w[rng.random(w.shape) < 0.05] = 0.0
+    x = rng.standard_normal((30, 4)).astype(np.float32)
+    for cls in (CER, CSER, EIE):
+        mat = cls.from_dense(w)
+        assert mat.nnz == int(np.count_nonzero(w != 0.25))  # ω0 = 0.25 is not stored
+        _check_product(mat, w, x)
+        _check_product(mat, w, x[:, 0])
+    csr = CSR.from_dense(w)
+    assert csr.nnz == int(np.count_nonzero(w))  # CSR lists every non-zero
+    _check_product(csr, w, x)
+
+
+def test_single_value_empty_rows_and_empty_shapes():
+    x = np.arange(6, dtype=np.float32)
+    w = np.full((4, 6), 0.5, np.float32)
+    for cls in ALL:
+        mat = cls.from_dense(w)
+        np.testing.assert_allclose(mat @ x, np.full(4, 0.5 * x.sum()), rtol=1e-6)
+        assert mat.entropy == 0.0
+    w = np.zeros((5, 6), np.float32)
+    w[2, 3] = 1.5  # four rows without non-zeros
+    for cls in ALL:
+        mat = cls.from_dense(w)
+        np.testing.assert_array_equal(mat @ x, w @ x)
+    for shape in [(0, 6), (4, 0), (0, 0)]:
+        w = np.zeros(shape, np.float32)
+        for cls in ALL:
+            mat = cls.from_dense(w)
+            assert mat.toarray().shape == shape
+            y = mat @ np.ones(shape[1], np.float32)
+            assert y.shape == (shape[0],) and not y.any()
+            assert (mat @ np.ones((shape[1], 3), np.float32)).shape == (shape[0], 3)
+
+
+def test_index_widths_are_the_smallest_that_fit():
+    assert index_dtype(255) == np.uint8 and index_dtype(256) == np.uint16
+    assert index_dtype(65535) == np.uint16 and index_dtype(65536) == np.uint32
+    with pytest.raises(IndexOverflow):
+        index_dtype(2**32)
+    w = np.zeros((3, 300), np.float32)
+    w[0, 299] = 1.0
+    cser = CSER.from_dense(w)
+    assert cser.colI.dtype == np.uint16 and cser.rowPtr.dtype == np.uint8
+    assert CSER.from_dense(w[:, :256]).colI.dtype == np.uint8
+    assert CSR.from_dense(w).indices.dtype == np.uint16
+
+
+def test_bad_input_gives_clear_errors():
+    w = np.eye(4, dtype=np.float32)
+    mat = CSER.from_dense(w)
+    with pytest.raises(ShapeMismatch, match="shape mismatch"):
+        mat @ np.ones(5, np.float32)
+    with pytest.raises(ShapeMismatch):
+        mat @ np.ones((4, 2, 2), np.float32)
+    with pytest.raises(InvalidOption, match="dtype"):
+        mat @ np.ones(4, np.complex64)
+    with pytest.raises(InvalidOption, match="threads"):
+        mat.dot(np.ones(4, np.float32), threads=0)
+    assert issubclass(ShapeMismatch, ValueError)
+    bad = w.copy()
+    bad[1, 1] = np.nan
+    for cls in ALL:
+        with pytest.raises(InvalidOption, match="non-finite"):
+            cls.from_dense(bad)
+        with pytest.raises(InvalidOption, match="floating point"):
+            cls.from_dense(np.eye(3, dtype=np.int64))
+        with pytest.raises(ShapeMismatch):
+            cls.from_dense(np.ones(3, np.float32))
+    with pytest.raises(InvalidOption, match="outside codebook"):
+        CSER.from_quantized((np.array([[0, 3]]), np.array([0.0, 1.0], np.float32)))
+    with pytest.raises(InvalidOption, match="integers"):
+        CSER.from_quantized((np.array([[0.0, 1.0]]), np.array([0.0, 1.0], np.float32)))
+    with pytest.raises(InvalidOption, match="non-finite"):
+        CSER.from_quantized((np.array([[0, 1]]), np.array([0.0, np.inf], np.float32)))
+    with pytest.raises(InvalidOption, match="EIE"):
+        EIE.from_dense(np.arange(20, dtype=np.float32).reshape(4, 5))
+    many = np.arange(30000, dtype=np.float32).reshape(300, 100)
+    with pytest.raises(InvalidOption, match="CER would need"):
+        CER.from_dense(many)
+    np.testing.assert_array_equal(CSER.from_dense(many).toarray(), many)
+    # hand-built arrays are validated
+    with pytest.raises(InvalidOption, match="colI"):
+        CSER([0.0, 1.0], [7], [1], [0, 1], [0, 1, 1], (2, 4))
+    with pytest.raises(InvalidOption, match="OmegaI"):
+        CSER([0.0, 1.0], [1], [0], [0, 1], [0, 1, 1], (2, 4))
+    with pytest.raises(InvalidOption, match="rowPtr"):
+        CSER([0.0, 1.0], [1], [1], [0, 1], [0, 2, 1], (2, 4))
+    with pytest.raises(InvalidOption, match="strictly increasing"):
+        CSR([1.0, 2.0], [2, 2], [0, 2, 2], (2, 4))
+    with pytest.raises(ShapeMismatch):
+        CSR([1.0], [0], [0, 1], (2, 4))
+    with pytest.raises(InvalidOption, match="unknown format"):
+        mat.to("coo")
+    with pytest.raises(InvalidOption, match="not a saved matrix"):
+        MatrixFormat.from_state({"format": "cser"})
+
+
+def test_hand_built_cser_matches_its_meaning():
+    # row 0: 2.0 at cols 1,3 ; row 1: nothing ; row 2: -1.0 at col 0, 2.0 at col 2
+    mat = CSER([0.0, 2.0, -1.0], [1, 3, 2, 0], [1, 1, 2], [0, 2, 3, 4], [0, 1, 1, 3], (3, 4))
+    expect = np.array([[0, 2, 0, 2], [0, 0, 0, 0], [-1, 0, 2, 0]], np.float32)
+    np.testing.assert_array_equal(mat.toarray(), expect)
+    x = np.array([1.0, 2.0, 3.0, 4.0], np.float32)
+    np.testing.assert_allclose(mat @ x, expect @ x)
+    cer = mat.tocer()
+    # CER lists groups in global frequency order: 2.0 (3×) before -1.0 (1×)
+    np.testing.assert_array_equal(cer.omega, [0.0, 2.0, -1.0])
+    np.testing.assert_array_equal(cer.rowPtr, [0, 1, 1, 3])
+    np.testing.assert_array_equal(cer.OmegaPtr, [0, 2, 3, 4])
+
+
+def test_cer_inserts_empty_groups():
+    # values by frequency: 0 (ω0), 1.0 (4×), 2.0 (2×); row 1 has only 2.0 → empty 1.0 group
+    w = np.array([[1, 1, 0, 2], [0, 0, 2, 0], [1, 1, 0, 0]], np.float32)
+    cer = CER.from_dense(w)
+    np.testing.assert_array_equal(cer.omega, [0.0, 1.0, 2.0])
+    np.testing.assert_array_equal(cer.rowPtr, [0, 2, 4, 5])
+    np.testing.assert_array_equal(cer.OmegaPtr, [0, 2, 3, 3, 4, 6])
+    np.testing.assert_array_equal(cer.colI, [0, 1, 3, 2, 0, 1])
+    cser = CSER.from_dense(w)
+    assert cser.num_groups == 4 and cer.num_groups == 5
+
+
+def test_storage_follows_the_spec_formulas():
+    rng = np.random.default_rng(4)
+    m, n = 64, 300
+    idx = rng.integers(-7, 8, size=(m, n)) * (rng.random((m, n)) < 0.1)
+    w = (idx * 0.1).astype(np.float32)
+    nnz = int(np.count_nonzero(w))
+    k = np.unique(w).shape[0]
+    groups = sum(np.unique(r[r != 0]).shape[0] for r in w)
+    csr = CSR.from_dense(w)
+    assert csr.total_bits == nnz * (32 + 16) + (m + 1) * 16
+    cser = CSER.from_dense(w)
+    b_ptr = index_dtype(nnz).itemsize * 8  # OmegaPtr holds 0..nnz
+    b_row = index_dtype(groups).itemsize * 8  # rowPtr holds 0..groups
+    assert cser.num_groups == groups
+    assert cser.total_bits == (nnz * 16 + groups * (b_ptr + math.ceil(math.log2(k))) + b_ptr
+                               + (m + 1) * b_row + k * 32)
+    assert Dense(w).total_bits == m * n * 32
+    # EIE: one byte per entry + a padding entry per 16 skipped positions
+    col = np.zeros((40, 1), np.float32)
+    col[[0, 20, 39], 0] = [1.0, 2.0, 1.0]
+    eie = EIE.from_dense(col)
+    # gaps 0, 19, 18 → entries 1, 1 + 1 padding, 1 + 1 padding
+    assert eie.num_entries == 5 and eie.nnz == 3
+    assert eie.storage_bits()["entries"] == 40
+    np.testing.assert_array_equal(eie.toarray(), col)
+
+
+def test_costs_and_energy():
+    rng = np.random.default_rng(5)
+    idx = rng.integers(-7, 8, size=(384, 1536)) * (rng.random((384, 1536)) < 0.1)
+    w = (idx * 0.01).astype(np.float32)
+    dense, csr, cser = Dense(w), CSR.from_dense(w), CSER.from_dense(w)
+    c = cser.costs(batch=8)
+    assert c.adds == (cser.nnz + cser.num_groups) * 8 and c.mults == cser.num_groups * 8
+    assert csr.costs().mults == csr.nnz and dense.costs().mults == w.size
+    for preset in ("spec", "45nm"):
+        e = {name: mat.energy(1, preset)["total_pJ"] for name, mat in
+             (("dense", dense), ("csr", csr), ("cser", cser))}
+        assert e["cser"] < e["csr"] < e["dense"]
+    # the 2.4 MB dense matrix is read from DRAM: 1000 pJ per 32-bit read (spec preset)
+    assert mem_energy(w.nbytes, 32) == 1000.0 and mem_energy(4096, 8) == 1.25
+    assert mem_energy(100_000, 16, "45nm") == 320.0 and op_energy("mult", 32) == 3.7
+    ed = energy(dense.costs(), "spec")
+    assert ed["ops_pJ"] == pytest.approx(w.size * (0.9 + 3.7))
+    with pytest.raises(InvalidOption, match="preset"):
+        energy(dense.costs(), "7nm")
+
+
+def test_time_model_prefers_dense_when_not_sparse():
+    model = TimeModel({"dense": (1e10, 3e10, 6e10), "csr": (4e9, 1e10, 1e10),
+                       "cser": (4.5e9, 1.2e10, 1.3e10)})
+    assert model.predict("cser", (100, 100), 1000, 1) < model.predict("dense", (100, 100), 0, 1)
+    assert model.predict("cser", (100, 100), 9000, 64) > model.predict("dense", (100, 100), 0, 64)
+    assert model.rate("cer", 8) == pytest.approx(1.2e10)
+
+
+def test_state_round_trip_and_module_helpers():
+    rng = np.random.default_rng(6)
+    w = (rng.integers(-3, 4, size=(30, 50)) * (rng.random((30, 50)) < 0.2)).astype(np.float32)
+    for name in FORMATS:
+        mat = from_dense(w, name)
+        back = MatrixFormat.from_state(mat.to_state())
+        assert type(back) is type(mat)
+        np.testing.assert_array_equal(back.toarray(), w)
+    q = Quantized(rng.integers(0, 4, size=(5, 7)).astype(np.uint8),
+                  np.array([0.0, 1.0, -1.0, 1.0], np.float32))  # duplicate codebook entry
+    mat = from_quantized(q, "cer")
+    np.testing.assert_array_equal(mat.toarray(), q.dequantize())
+    lv = CSER.from_levels(np.array([[0, 3], [-2, 0]], np.int8), 0.5)
+    np.testing.assert_array_equal(lv.toarray(), [[0, 1.5], [-1.0, 0]])
+
+
+def test_sliced_plan_covers_every_element_once():
+    rng = np.random.default_rng(7)
+    w = (rng.integers(-5, 6, size=(200, 90)) * (rng.random((200, 90)) < 0.3)).astype(np.float32)
+    mat = CSER.from_dense(w)
+    plan = mat.plan
+    real = plan.col[plan.col < w.shape[1]]
+    assert real.shape[0] == mat.nnz and plan.padded >= mat.nnz
+    assert plan.padded % 16 == 0
+    x = np.ones(90, np.float32)
+    y = np.full(200, np.nan, np.float32)
+    kernels.sliced_matvec(plan.col, plan.sl_ptr, plan.sl_len, plan.lane_weights(np.float32),
+                          plan.lane_row, plan.blk_ptr, x, np.empty(91, np.float32), y, 0.0)
+    np.testing.assert_allclose(y, w.sum(axis=1), rtol=1e-5, atol=1e-4)
