@@ -60,6 +60,7 @@ class Config:
     prune_steps: int  # pruning steps (sparsity grows geometrically in density)
     retrain_epochs: int  # after each pruning step
     retrain_lr: float
+    final_retrain_epochs: int  # after the last pruning step (it removes the most)
     ft_epochs: int  # centroid fine-tuning
     ft_lr: float
     fc_bits: int = 5
@@ -79,6 +80,7 @@ CONFIGS = {
         prune_steps=4,
         retrain_epochs=5,
         retrain_lr=0.01,
+        final_retrain_epochs=5,
         ft_epochs=3,
         ft_lr=1e-4,
     ),
@@ -96,6 +98,7 @@ CONFIGS = {
         prune_steps=3,
         retrain_epochs=3,
         retrain_lr=0.01,
+        final_retrain_epochs=8,
         ft_epochs=2,
         ft_lr=1e-4,
     ),
@@ -301,10 +304,11 @@ def run_model(
 
     def retrain(m: nn.Module) -> None:
         step_no[0] += 1
+        last = step_no[0] == len(steps)
         train(
             m,
             data,
-            ep(cfg.retrain_epochs),
+            ep(cfg.final_retrain_epochs if last else cfg.retrain_epochs),
             cfg.retrain_lr,
             seed=seed + step_no[0],
             batch=cfg.batch,

@@ -173,3 +173,26 @@ def test_console_script_exit_codes(tmp_path):
     assert bad.returncode == 1 and bad.stderr.startswith("dnnzip: error:")
     usage = subprocess.run([sys.executable, "-m", "dnnzip.cli", "compress"], capture_output=True)
     assert usage.returncode == 2
+
+
+def test_deepcabac_method_from_the_cli(tmp_path, model_file, state_dict, capsys):
+    out = tmp_path / "c.dnnz"
+    code, text, _ = run(
+        ["compress", model_file, "-o", out, "--method", "deepcabac", "--min-snr", "30", "--json"],
+        capsys,
+    )
+    assert code == 0
+    rows = {r["name"]: r for r in json.loads(text)["tensors"]}
+    assert rows["fc1.weight"]["codec"] == "deepcabac"
+    back = dnnzip.decompress(out, progress=False)
+    coded = [k for k in rows if rows[k]["codec"] == "deepcabac"]
+    energy = sum(float((state_dict[k].double() ** 2).sum()) for k in coded)
+    err = sum(float(((state_dict[k].double() - back[k].double()) ** 2).sum()) for k in coded)
+    assert 10 * np.log10(energy / err) >= 29.9  # SNR over all coded weights meets the target
+    expect_error(
+        ["compress", model_file, "-o", tmp_path / "d.dnnz", "--method", "deepcabac", "--bits", "4"],
+        capsys, "do not apply",
+    )  # fmt: skip
+    expect_error(
+        ["compress", model_file, "-o", tmp_path / "e.dnnz", "--step", "0.01"], capsys, "step"
+    )

@@ -22,6 +22,14 @@ METHOD_OPTIONS = {
     "sparsity": "sparsity",
     "quality": "quality",
     "global_sparsity": "global_sparsity",
+    "step": "step",
+    "qp": "qp",
+    "target_ratio": "target_ratio",
+    "max_error": "max_error",
+    "min_snr": "min_snr_db",
+    "lam": "lam",
+    "dq": "dq",
+    "chunk_size": "chunk_size",
 }
 
 
@@ -38,6 +46,18 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
     prune.add_argument("--sparsity", type=float, help="fraction of weights pruned per layer")
     prune.add_argument("--quality", type=float, help="prune |w| < quality × std(layer)")
     prune.add_argument("--global-sparsity", type=float, help="one threshold for all layers")
+    c = p.add_argument_group("DeepCABAC (--method deepcabac)")
+    target = c.add_mutually_exclusive_group()
+    target.add_argument("--step", type=float, help="quantization step Δ for every tensor")
+    target.add_argument("--qp", type=float, help="global QP, Δ = 2^(qp/4)")
+    target.add_argument("--target-ratio", type=float, help="search Δ to reach this ratio")
+    target.add_argument("--max-error", type=float, help="search Δ for this relative MSE")
+    target.add_argument("--min-snr", type=float, help="search Δ for this weight SNR (dB)")
+    c.add_argument("--lam", type=float, help="rate–distortion λ (0: plain rounding)")
+    c.add_argument("--dq", action=argparse.BooleanOptionalAction, default=None,
+                   help="dependent (trellis) quantization (default on)")  # fmt: skip
+    c.add_argument("--chunk-size", type=int, help="values per independently coded chunk")
+    c.add_argument("--importance", help="per-weight importance file (dnnzip.nn.save_importance)")
     p.add_argument("--keep", help="regex of tensor names to keep losslessly")
     p.add_argument("--force", action="store_true", help="overwrite the output if it exists")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -54,6 +74,10 @@ def _run_compress(args: argparse.Namespace) -> int:
         for flag, kw in METHOD_OPTIONS.items()
         if getattr(args, flag, None) is not None
     }
+    if args.importance:
+        from .nn.importance import load_importance
+
+        options["importance"] = load_importance(args.importance)
     report = compress(
         args.model,
         output,

@@ -1,0 +1,71 @@
+"""DeepCABAC throughput on all-MiniLM-L6-v2 (every ≥ 2-D float tensor, 90.7 MB of float32).
+
+Encode and decode the whole model at NNCodec's default step (qp −32, dependent quantization)
+and with scalar RDOQ, ``--repeats`` times each, with 1 and with all numba threads; reports the
+best and the median wall time as MB/s of float32 weights (issue 3 goals: ≥ 35 MB/s encode,
+≥ 120 MB/s decode on 2 cores). The machine's load average is recorded with the figures: other
+jobs share its cores. Writes benchmarks/results/deepcabac_speed.json.
+
+Run: ``flock /tmp/dnnzip-heavy.lock .venv/bin/python benchmarks/deepcabac_speed.py``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import numba
+from deepcabac_common import RESULTS, is_lossy, load_tensors, machine_load
+
+from dnnzip.methods.deepcabac import DeepCabacMethod
+
+
+def one_pass(tensors, method):
+    te = td = 0.0
+    for k, a in tensors.items():
+        codec = method.codec_for(k, a)
+        t0 = time.perf_counter()
+        data = codec.encode(a)
+        t1 = time.perf_counter()
+        codec.decode(data, a.shape)
+        td += time.perf_counter() - t1
+        te += t1 - t0
+    return te, td
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    tensors = {k: a for k, a in load_tensors().items() if is_lossy(a)}
+    raw = sum(a.nbytes for a in tensors.values())
+    out = {"float32_mb": raw / 1e6, "machine_before": machine_load(), "runs": []}
+    threads = numba.config.NUMBA_NUM_THREADS
+    for label, kw in (("qp -32, dq", dict(qp=-32, dq=True)),
+                      ("qp -32, scalar rdoq", dict(qp=-32, dq=False))):
+        method = DeepCabacMethod(**kw)
+        one_pass({k: a[:2] for k, a in tensors.items()}, method)  # compile / load caches
+        for n in sorted({1, threads}):
+            numba.set_num_threads(n)
+            enc, dec = [], []
+            for _ in range(args.repeats):
+                te, td = one_pass(tensors, method)
+                enc.append(raw / te / 1e6)
+                dec.append(raw / td / 1e6)
+            row = {"setting": label, "threads": n, "encode_mb_s_best": max(enc),
+                   "encode_mb_s_median": statistics.median(enc), "decode_mb_s_best": max(dec),
+                   "decode_mb_s_median": statistics.median(dec)}
+            out["runs"].append(row)
+            print(f"{label:22s} threads {n}: encode {max(enc):6.1f} MB/s (median "
+                  f"{statistics.median(enc):6.1f}), decode {max(dec):6.1f} MB/s (median "
+                  f"{statistics.median(dec):6.1f})", flush=True)
+    out["machine_after"] = machine_load()
+    out["goals"] = {"encode_mb_s": 35, "decode_mb_s": 120}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "deepcabac_speed.json").write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
