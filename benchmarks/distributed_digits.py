@@ -90,7 +90,7 @@ def main() -> None:
             "step_ms_median": float(np.median([r["step_time_median"] for r in rs])) * 1e3,
         }
         if n == 1:
-            per_call = [r["timings"]["compress_code_per_exchange"] for r in rs]
+            per_call = [r["timings"]["compress_code_per_step"] for r in rs]
             s["hook_compress_code_ms_per_step"] = float(np.median(per_call)) * 1e3
             s["hook_overhead_fraction_of_dense_step"] = float(np.median(per_call)) / dense_step
         s["goal_ratio_met_after_warmup"] = s["ratio_sent_after_warmup"] >= GOALS[(p, n)]

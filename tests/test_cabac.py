@@ -144,3 +144,25 @@ def test_bin_cost_table_matches_log2():
     p = np.array([1, 100, 16384, 32000, 32767])
     c1 = cabac.COST1[p >> 5]
     np.testing.assert_allclose(c1, -np.log2(((p >> 5) + 0.5) * 32 / 32768), rtol=1e-5)
+
+
+@pytest.mark.parametrize("shifts", [(7, 11), (1, 1), (4, 5), (12, 12), (1, 12)])
+def test_warm_table_is_the_saturating_warm_up_rule(shifts):
+    sf, ss = shifts
+    wt = cabac.warm_table(sf, ss)
+    c = np.arange(cabac.COUNT_CAP + 1)
+    w = np.floor(np.log2(c + 2.0)).astype(np.int64)
+    np.testing.assert_array_equal(wt[0::2], np.minimum(sf, w))
+    np.testing.assert_array_equal(wt[1::2], np.minimum(ss, w))
+    # the saturated count already has the final shifts: later counts would change nothing
+    assert tuple(wt[-2:]) == (sf, ss)
+
+
+@pytest.mark.parametrize("n", [147456, 589824, 196608, 11720448, 32769, 100000])
+def test_balanced_chunks_split_evenly_over_two_cores(n):
+    chunk = cabac.balanced_chunk(n, cabac.DEFAULT_CHUNK)
+    nch = -(-n // chunk)
+    assert chunk <= cabac.DEFAULT_CHUNK
+    assert nch % 2 == 0
+    assert n - (nch - 1) * chunk >= chunk // 2  # the last chunk is not a stub
+    assert cabac.balanced_chunk(1000, cabac.DEFAULT_CHUNK) == cabac.DEFAULT_CHUNK

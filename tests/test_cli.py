@@ -95,6 +95,11 @@ def test_missing_and_not_a_model(tmp_path, capsys):
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"\x00" * 100)
     expect_error(["compress", junk, "-o", tmp_path / "o.dnnz"], capsys, "junk.safetensors")
+    pickle = tmp_path / "junk.pt"
+    pickle.write_bytes(b"garbage that is no pickle\n")
+    line = expect_error(["compress", pickle, "-o", tmp_path / "o.dnnz"], capsys, "junk.pt")
+    # the cause, and never torch's advice to retry with weights_only=False
+    assert "weights-only unpickler" in line and "weights_only" not in line
     assert not (tmp_path / "o.dnnz").exists() and leftovers(tmp_path) == []
 
 

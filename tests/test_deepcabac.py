@@ -274,8 +274,8 @@ def test_rdoq_shared_prefix_costs_match_the_per_level_cost():
         n_act, c_sig, c_sign, c_gt, c_eg, n_ctx = cabac.ctx_layout(g, 0)
         st = cabac.init_contexts(n_ctx)
         rng = np.random.default_rng(g)
-        st[:, 0] = rng.integers(1, cabac.STATE_ONE, n_ctx)
-        st[:, 1] = rng.integers(1, cabac.STATE_ONE, n_ctx)
+        st[0::cabac.CTX_SLOTS] = rng.integers(1, cabac.STATE_ONE, n_ctx)
+        st[1::cabac.CTX_SLOTS] = rng.integers(1, cabac.STATE_ONE, n_ctx)
         for m in (1, 2, 3, g, g + 1, g + 2, 40):
             if m < 1:
                 continue
@@ -329,3 +329,109 @@ def test_search_samples_long_rows_and_big_tensors():
     total, _ = _coded(m, t)
     ratio = sum(a.nbytes for a in t.values()) / total
     assert 5.7 <= ratio <= 7.0
+
+
+def _reference_trellis(w, sc, fw, i0, i1, lo, row_len, s0, p0, lam, g, ctx_mode, sigc, signc,
+                       magc, egpre, levels):
+    """The exhaustive add-compare-select in plain Python: every state, its quantizer's two
+    nearest indices and zero, scanned state by state with strict <, same sums in the same
+    order. The compiled trellis must choose exactly the same indices."""
+    from dnnzip.coding.cabac import DQ_TRANS, activity, sign_class
+
+    inf = 1e300
+
+    def rate(k, s, a, pc):
+        if k == 0:
+            return sigc[s, a, pc, 0]
+        neg = 1 if k < 0 else 0
+        m = abs(k)
+        c = sigc[s, a, pc, 1] + signc[pc, neg]
+        if m <= g:
+            return c + magc[s >> 1, a, neg, m]
+        nb = (m - g).bit_length() - 1
+        return c + magc[s >> 1, a, neg, g + 1] + egpre[nb]
+
+    J = [inf] * 4
+    pk = [0] * 4
+    J[s0], pk[s0] = 0.0, p0
+    back = []
+    for i in range(i0, i1):
+        xi = float(np.float32(w[i]) / np.float32(sc))
+        f = float(fw[i]) if fw is not None else 1.0
+        above = abs(int(levels[i - row_len])) if ctx_mode == 1 and i - row_len >= lo else 0
+        ke = int(np.floor(xi * 0.5))
+        ro = 2 * int(np.floor((xi - 1.0) * 0.5)) + 1
+        ax = abs(xi)
+        try_zero = ax < 1.0 or f * (2.0 * ax - 1.0) <= lam * 64.0
+        nJ, step = [inf] * 4, [(0, 0)] * 4
+        for s in range(4):
+            if J[s] >= inf:
+                continue
+            pc = sign_class(pk[s])
+            a = activity(abs(pk[s]), above) if ctx_mode == 1 else 0
+            for c in range(3):
+                if c == 2:
+                    if not try_zero:
+                        continue
+                    k, r = 0, 0
+                elif s >> 1 == 0:
+                    k = ke + c
+                    r = 2 * k
+                    if k == 0:
+                        continue
+                else:
+                    r = ro + 2 * c
+                    k = (r + 1) >> 1 if r > 0 else -((-r + 1) >> 1)
+                d = xi - r
+                cost = J[s] + f * d * d + lam * rate(k, s, a, pc)
+                ns = DQ_TRANS[s, k & 1]
+                if cost < nJ[ns]:
+                    nJ[ns], step[ns] = cost, (s, k)
+        back.append(step)
+        J = nJ
+        pk = [step[s][1] if nJ[s] < inf else pk[s] for s in range(4)]
+    s = min(range(4), key=lambda q: (J[q], q))
+    out = np.zeros(i1 - i0, dtype=np.int64)
+    for t in range(i1 - i0 - 1, -1, -1):
+        out[t] = back[t][s][1]
+        s = back[t][s][0]
+    return out
+
+
+@pytest.mark.parametrize("ctx_mode", [0, 1])
+@pytest.mark.parametrize("use_f", [False, True])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_trellis_matches_the_exhaustive_search(ctx_mode, use_f, seed):
+    """The branch-free scalar trellis (two predecessors per state, parity-sorted candidates)
+    picks the very indices of the plain exhaustive Viterbi, ties included."""
+    from dnnzip.quant.dependent import _trellis
+
+    rng = np.random.default_rng(seed)
+    g = [16, 3, 0][seed]
+    n_act = 5 if ctx_mode == 1 else 1
+    row_len, n = 40, 120
+    # x = w/Δ, importance, λ and rates on binary grids, so that costs are exact and ties
+    # between paths really happen; a few weights far beyond g
+    sc = 0.25
+    w = (rng.integers(-12, 13, n) * 0.0625).astype(np.float32)
+    w[rng.integers(0, n, 6)] = rng.normal(0, 8.0, 6).astype(np.float32)
+    fw = rng.choice([0.5, 1.0, 2.0], n).astype(np.float32) if use_f else None
+    # rate tables: coarse values (ties again), as the coder's snapshots would be
+    sigc = rng.integers(1, 8, (4, n_act, 3, 2)).astype(np.float64) * 0.5
+    signc = rng.integers(1, 4, (3, 2)).astype(np.float64) * 0.5
+    magc = np.cumsum(rng.integers(1, 4, (2, n_act, 2, g + 2)), axis=-1).astype(np.float64)
+    egpre = np.cumsum(rng.integers(1, 5, 30)).astype(np.float64)
+    lam = [0.0, 0.25, 1.5][seed]
+    lo = 0
+    for i0 in range(0, n, row_len):
+        levels = np.zeros(n, dtype=np.int32)
+        levels[:i0] = rng.integers(-5, 6, i0)
+        s0, p0 = int(rng.integers(0, 4)), int(rng.integers(-3, 4))
+        bps = np.zeros((row_len, 4), dtype=np.int8)
+        bpk = np.zeros((row_len, 4), dtype=np.int32)
+        _trellis(w, np.float32(sc), fw if use_f else np.ones(1, np.float32), use_f, i0,
+                 i0 + row_len, lo, row_len, s0, p0, lam, g, ctx_mode, sigc, signc, magc, egpre,
+                 levels, bps, bpk)
+        ref = _reference_trellis(w, sc, fw, i0, i0 + row_len, lo, row_len, s0, p0, lam, g,
+                                 ctx_mode, sigc, signc, magc, egpre, levels)
+        np.testing.assert_array_equal(levels[i0:i0 + row_len], ref)

@@ -359,10 +359,11 @@ def test_message_add_to_accumulates():
 @pytest.mark.parametrize("method", ["sbc", "stc", "topk"])
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_fused_accumulate_compress_matches_the_plain_path(method, momentum, dtype):
-    """The one-pass kernel (large CPU tensors) gives the same message and residual as
-    momentum update + add + compress done separately."""
-    n = 300_000
+@pytest.mark.parametrize("n", [300_000, 5_000, 7])
+def test_fused_accumulate_compress_matches_the_plain_path(method, momentum, dtype, n):
+    """The compiled paths (one fused pass for large CPU tensors, accumulate + heap top-k
+    for small ones) give the same message and residual as momentum update + add + compress
+    done separately."""
     rng = np.random.default_rng(5)
     comp = make_compressor(method, 0.003)
     acc_f = torch.from_numpy(rng.standard_normal(n)).to(dtype)
@@ -381,3 +382,103 @@ def test_fused_accumulate_compress_matches_the_plain_path(method, momentum, dtyp
     assert np.array_equal(fused.positions, plain.positions)
     assert np.array_equal(fused.position_values(), plain.position_values())
     assert fused.count == num_selected(n, 0.003)
+
+
+@pytest.mark.parametrize("method", ["sbc", "stc", "topk"])
+@pytest.mark.parametrize("n", [1_000, 300_000])
+def test_consume_zeroes_the_update_and_changes_nothing_else(method, n):
+    """consume=True (the hook's bucket is both input and output): same message and residual
+    as without, and the update memory comes back zeroed — in the fused and the plain path."""
+    rng = np.random.default_rng(n)
+    comp = make_compressor(method, 0.01)
+    g = torch.from_numpy(rng.standard_normal(n).astype(np.float32))
+    acc_a = torch.from_numpy(rng.standard_normal(n))
+    acc_b = acc_a.clone()
+    keep = g.clone()
+    plain = comp.accumulate_compress(acc_a, g)
+    consumed = comp.accumulate_compress(acc_b, g, consume=True)
+    assert torch.equal(acc_a, acc_b)
+    assert keep.count_nonzero() > 0 and g.count_nonzero() == 0
+    assert np.array_equal(plain.positions, consumed.positions)
+    assert np.array_equal(plain.position_values(), consumed.position_values())
+
+
+def test_fused_selection_with_ties_takes_exactly_k_in_position_order():
+    """Integer-valued accumulators: many entries equal the k-th value. The fused pass must
+    still send exactly k positions, the k largest values, and among equal values the
+    earliest positions (the plain sampled path does the same)."""
+    n, p = 200_000, 0.01
+    rng = np.random.default_rng(3)
+    vals = rng.integers(-2000, 2001, n).astype(np.float64)  # ≈ 100 entries per magnitude
+    comp = make_compressor("stc", p)
+    k = num_selected(n, p)
+    fused = comp.accumulate_compress(torch.from_numpy(vals.copy()), torch.zeros(n))
+    plain = stc(vals, p)
+    want = np.sort(np.abs(vals))[n - k :]
+    assert comp.fallbacks == 0 and fused.count == k
+    assert np.array_equal(np.sort(np.abs(vals[fused.positions])), want)
+    assert np.array_equal(fused.positions, plain.positions)
+    t = want[0]  # the k-th magnitude: ties broken by position
+    tied = np.flatnonzero(np.abs(vals) == t)
+    chosen = np.intersect1d(fused.positions, tied)
+    assert 0 < chosen.size < tied.size and np.array_equal(chosen, tied[: chosen.size])
+
+
+@pytest.mark.parametrize("method", ["sbc", "stc", "topk"])
+def test_flat_averaging_equals_the_generic_path(method):
+    """Exchanger's compiled merge into the flat bucket gives, bit for bit, what per-slot
+    Message.add_to then div_ gives — with positions several workers send."""
+    from dnnzip.distributed.engine import Exchanger
+
+    rng = np.random.default_rng(7)
+    slots = (Slot("w1", 50_000, True), Slot("b1", 7, False), Slot("w2", 3_000, True),
+             Slot("empty", 0, True), Slot("b2", 300, True))
+    codec = PacketCodec(slots, method, 0.05)
+    base = rng.standard_normal(sum(s.numel for s in slots))
+    raws, decoded = [], []
+    for _ in range(3):  # three "workers", correlated so that many positions coincide
+        x = base + 0.3 * rng.standard_normal(base.size)
+        msgs, at = [], 0
+        for s in slots:
+            part = x[at : at + s.numel]
+            at += s.numel
+            c = make_compressor(method, 0.05)
+            msgs.append(c(part) if s.compressed else dense(part))
+        data, _ = codec.encode(msgs)
+        raws.append(codec.decode_raw(data))
+        decoded.append(codec.decode(data))
+    ex = Exchanger(method, 0.05)
+    flat = torch.zeros(base.size)
+    ex._average_flat(codec, slots, raws, flat, 3)
+    generic = [torch.zeros(s.numel) for s in slots]
+    for msgs in decoded:
+        for o, m in zip(generic, msgs, strict=True):
+            m.add_to(o)
+    for o in generic:
+        o.div_(3)
+    assert torch.equal(flat, torch.cat(generic))
+
+
+@pytest.mark.parametrize("method", ["sbc", "stc", "topk"])
+def test_fused_path_conserves_exactly(method):
+    """Through the fused pass (large tensor, consume): Σ sent + residual = Σ updates,
+    bit-exactly per element (fsum), and the update memory is handed back zeroed."""
+    n, steps = 1 << 16, 4
+    rng = np.random.default_rng(11)
+    mem = ResidualMemory()
+    comp = make_compressor(method, 0.01)
+    sent = np.zeros((steps, n))
+    ups = np.zeros((steps, n))
+    for t in range(steps):
+        u = (rng.standard_normal(n) * 10.0 ** rng.uniform(-3, 1, n)).astype(np.float32)
+        ups[t] = u
+        g = torch.from_numpy(u.copy())
+        msg = mem.accumulate_compress("w", g, comp, consume=True)
+        assert g.count_nonzero() == 0 and msg.count > 0
+        mem.subtract("w", msg)
+        sent[t] = msg.to_dense(torch.float64).numpy()
+    assert comp.fallbacks == 0
+    res = mem.residual("w").numpy()
+    bad = [i for i in range(n)
+           if math.fsum(list(sent[:, i]) + [res[i]]) != math.fsum(ups[:, i])]
+    assert bad == []

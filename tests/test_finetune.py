@@ -15,6 +15,7 @@ from dnnzip.nn.data import load_digits, load_fashion_mnist, read_idx
 from dnnzip.nn.finetune import (
     Pruner,
     WeightSharing,
+    distillation_loss,
     iter_codebook_parameters,
     iterative_prune,
     model_sparsity,
@@ -257,3 +258,75 @@ def test_read_idx_and_missing_fashion_mnist(tmp_path):
         read_idx(tmp_path / "bad")
     with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
         load_fashion_mnist("train", root=tmp_path)
+
+
+def test_distillation_loss_limits_and_gradient():
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(16, 10, generator=gen, requires_grad=True)
+    t = torch.randn(16, 10, generator=gen)
+    y = torch.randint(0, 10, (16,), generator=gen)
+    ce = nn.functional.cross_entropy(z, y)
+    assert torch.allclose(distillation_loss(z, y, t, alpha=0.0), ce)
+    # the soft term alone: T²·KL(teacher ‖ student) at temperature T, zero at the teacher
+    temp = 3.0
+    p_t = torch.softmax(t / temp, 1)
+    kl = (p_t * (torch.log(p_t) - torch.log_softmax(z / temp, 1))).sum(1).mean()
+    assert torch.allclose(distillation_loss(z, y, t, 1.0, temp), temp**2 * kl, atol=1e-6)
+    at_teacher = t.clone().requires_grad_(True)
+    loss = distillation_loss(at_teacher, y, t, alpha=1.0, temperature=temp)
+    loss.backward()
+    assert float(loss) == pytest.approx(0.0, abs=1e-6)
+    assert float(at_teacher.grad.abs().max()) < 1e-6
+    # the gradient w.r.t. the student logits is (softmax(z/T) − softmax(z_t/T))·T / batch
+    z.grad = None
+    distillation_loss(z, y, t, 1.0, temp).backward()
+    expected = (torch.softmax(z.detach() / temp, 1) - p_t) * temp / len(y)
+    assert torch.allclose(z.grad, expected, atol=1e-6)
+    # no gradient flows into the teacher
+    teacher = t.clone().requires_grad_(True)
+    distillation_loss(z, y, teacher, 0.5).backward()
+    assert teacher.grad is None
+    with pytest.raises(InvalidOption):
+        distillation_loss(z, y, t, alpha=1.5)
+    with pytest.raises(InvalidOption):
+        distillation_loss(z, y, t, temperature=0.0)
+
+
+def test_distillation_retraining_recovers_a_pruned_net(trained, digits):
+    """Retraining a heavily pruned MLP on the dense net's soft labels ends closer to the dense
+    net's outputs than without the soft term (same masks, seed and epochs)."""
+    teacher = fresh(trained)
+    x = digits[0]
+    with torch.no_grad():
+        t_logits = teacher(x)
+
+    def retrain(alpha):
+        model = fresh(trained)
+        pruner = Pruner(model)
+        pruner.prune(0.9)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        gen = torch.Generator().manual_seed(1)
+        with pruner:
+            for _ in range(10):
+                perm = torch.randperm(len(x), generator=gen)
+                for i in range(0, len(x), 64):
+                    idx = perm[i : i + 64]
+                    opt.zero_grad()
+                    distillation_loss(
+                        model(x[idx]), digits[1][idx], t_logits[idx], alpha, 4.0
+                    ).backward()
+                    opt.step()
+        with torch.no_grad():
+            return model, float(
+                nn.functional.kl_div(
+                    torch.log_softmax(model(x), 1),
+                    torch.log_softmax(t_logits, 1),
+                    log_target=True,
+                    reduction="batchmean",
+                )
+            )
+
+    plain, kl_plain = retrain(0.0)
+    distilled, kl_distilled = retrain(0.9)
+    assert model_sparsity(distilled)["total"] == pytest.approx(0.9, abs=0.01)
+    assert kl_distilled < kl_plain

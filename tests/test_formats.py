@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -144,7 +145,7 @@ def test_parallel_serial_and_both_batch_kernels_agree(monkeypatch, batch):
         w = (idx * 0.03 + shift).astype(np.float32)
         for cls in (CSR, CER, CSER):
             mat = cls.from_dense(w)
-            for mode in ("sliced", "rows") if cls is not CSR else ("-",):
+            for mode in ("sliced", "rows", "panel") if cls is not CSR else ("-",):
                 mat.batch_kernel = mode
                 _check_product(mat, w, x, threads=1)
                 _check_product(mat, w, x, threads=2)
@@ -362,3 +363,89 @@ def test_sliced_plan_covers_every_element_once():
     kernels.sliced_matvec(plan.col, plan.sl_ptr, plan.sl_len, plan.lane_weights(np.float32),
                           plan.lane_row, plan.blk_ptr, x, np.empty(91, np.float32), y, 0.0)
     np.testing.assert_allclose(y, w.sum(axis=1), rtol=1e-5, atol=1e-4)
+
+
+def test_lean_matvec_path_matches_the_general_one():
+    rng = np.random.default_rng(8)
+    w = (rng.integers(-7, 8, size=(70, 300)) * (rng.random((70, 300)) < 0.1)).astype(np.float32)
+    x = rng.standard_normal(300).astype(np.float32)
+    ref = w.astype(np.float64) @ x
+    for cls in (CSR, CER, CSER, Dense):
+        mat = cls.from_dense(w)
+        assert mat._lean is None
+        first = mat.dot(x)  # general path, builds the lean one
+        assert mat._lean is not None
+        lean = mat.dot(x, threads=1)
+        np.testing.assert_array_equal(lean, first)
+        assert np.all(np.abs(lean - ref) <= _tolerance(w, x))
+        out = np.full(70, np.nan, np.float32)
+        assert mat.dot(x, out=out) is out and np.array_equal(out, first)
+        out2 = np.full((70, 3), np.nan, np.float32)
+        xb = np.stack([x, 2 * x, -x], axis=1)
+        assert mat.dot(xb, out=out2) is out2
+        np.testing.assert_allclose(out2[:, 1], 2 * first, rtol=1e-5, atol=1e-5)
+        # inputs the lean path does not take still give the same product
+        ro = x.copy()
+        ro.flags.writeable = False
+        np.testing.assert_array_equal(mat.dot(ro), first)
+        strided = np.repeat(x, 2)[::2]
+        np.testing.assert_array_equal(mat.dot(strided), first)
+        np.testing.assert_allclose(mat.dot(x.astype(np.float64)), ref, rtol=1e-5, atol=1e-5)
+        assert mat.dot(x.astype(np.float64)).dtype == np.float64
+        np.testing.assert_allclose(mat.dot(list(x)), first, rtol=1e-6, atol=1e-6)
+        with pytest.raises(ShapeMismatch, match="out"):
+            mat.dot(x, out=np.empty(69, np.float32))
+        with pytest.raises(ShapeMismatch, match="out"):
+            mat.dot(x, out=np.empty(70, np.float64))
+        with pytest.raises(InvalidOption, match="C-contiguous"):
+            mat.dot(x, out=np.empty(140, np.float32)[::2])
+        with pytest.raises(ShapeMismatch):
+            mat.dot(np.ones(299, np.float32))
+        with pytest.raises(InvalidOption, match="threads"):
+            mat.dot(x, threads=0)
+        # the compiled entry point is not pickled; the copy rebuilds its own
+        back = pickle.loads(pickle.dumps(mat))
+        assert back._lean is None
+        np.testing.assert_array_equal(back.dot(x), first)
+        np.testing.assert_array_equal(back.dot(x), first)
+
+
+def test_threads_is_an_upper_bound_small_products_stay_serial(monkeypatch):
+    w = np.eye(40, dtype=np.float32)
+    mat = CSER.from_dense(w)
+    seen = []
+    real = mat._product
+
+    def spy(x, parallel):
+        seen.append(parallel)
+        return real(x, parallel)
+
+    monkeypatch.setattr(mat, "_product", spy)
+    x = np.ones((40, 4), np.float32)
+    mat.dot(x, threads=2)
+    assert seen == [False]  # 40·4 elements of work: below PARALLEL_MIN_WORK
+    monkeypatch.setattr(base, "PARALLEL_MIN_WORK", 1)
+    mat.dot(x, threads=2)
+    assert seen == [False, True]
+    mat.dot(x, threads=1)
+    assert seen == [False, True, False]
+
+
+def test_time_model_counts_the_fixed_cost_of_a_call():
+    rates = {"dense": (1e10, 3e10, 6e10), "csr": (4e9, 1e10, 1e10), "cser": (5e9, 1.2e10, 1.3e10)}
+    plain = TimeModel(rates)
+    with_fixed = TimeModel(rates, overhead={"dense": (1e-6, 2e-6, 3e-6),
+                                            "csr": (2e-6, 4e-6, 5e-6),
+                                            "cser": (2e-6, 4e-6, 5e-6)})
+    # a 20 × 30 layer with 60 stored elements: sparse wins on work alone (0.012 vs 0.06 µs),
+    # dense once the fixed costs count (2.012 vs 1.06 µs)
+    args = ((20, 30), 60)
+    assert plain.predict("cser", *args, 1) < plain.predict("dense", (20, 30), 0, 1)
+    assert with_fixed.fixed("cer", 8) == pytest.approx(4e-6)
+    assert with_fixed.predict("cser", *args, 8) == pytest.approx(4e-6 + 480 / 1.2e10)
+    assert with_fixed.predict("cser", *args, 1) > with_fixed.predict("dense", (20, 30), 0, 1)
+    assert plain.fixed("dense", 1) == 0.0
+    cal = TimeModel.calibrate(shape=(96, 96), repeats=3)
+    assert set(cal.overhead) == {"dense", "csr", "cser"}
+    assert all(t > 0 for v in cal.overhead.values() for t in v)
+    assert all(r > 0 for v in cal.rates.values() for r in v)

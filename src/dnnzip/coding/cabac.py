@@ -34,7 +34,13 @@ With dependent quantization (``dq``) the coded value is the quantization index k
 current quantizer; the 4-state machine (state' = T[state][k & 1]) selects the sig contexts.
 
 Streams are cut into chunks of ``chunk`` elements, each coded independently (contexts and
-state reset), which lets encode and decode run one chunk per core (numba ``prange``).
+state reset), which lets encode and decode run one chunk per core (numba ``prange``, chunks
+handed out one at a time; the codec evens out the chunk count with ``balanced_chunk``).
+
+Speed notes (all bit-exact with the straightforward formulation): the context states live in
+one flat int64 array, 4 slots per context, indexed with unsigned integers (numba skips its
+negative-index wrap-around); the warm-up shifts come from a per-stream table by use count;
+the interval update is branch-free (masks); the range is renormalised byte-wise.
 
 Stream layout (little-endian)::
 
@@ -52,8 +58,11 @@ from __future__ import annotations
 import math
 import struct
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 from numba import njit, prange
 
@@ -133,43 +142,71 @@ def gt_ctx(gt0, n_act, g, qid, a, k, neg):
     return gt0 + (((qid * n_act + a) * g) + (k - 1)) * 2 + neg
 
 
+_U1 = np.uint64(1)
+_U2 = np.uint64(2)
+#: slots per context in the flat state array: fast estimator, slow estimator, use count, pad
+CTX_SLOTS = 4
+
+
 @njit(cache=True)
 def init_contexts(n_ctx):
     """Fresh estimators: p = 1/2 for every context, fast and slow, and a use count.
 
-    Returns one (n_ctx, 3) array: per context the fast state, the slow state and the count
-    (one cache line per context)."""
-    st = np.zeros((n_ctx, 3), dtype=np.int64)
-    st[:, 0] = STATE_ONE // 2
-    st[:, 1] = STATE_ONE // 2
+    One flat int32 array, ``CTX_SLOTS`` per context (fast state, slow state, count, pad): a
+    context is one 16-byte load, and flat indexing keeps the per-bin address arithmetic short."""
+    st = np.zeros(n_ctx * CTX_SLOTS, dtype=np.int64)
+    for c in range(n_ctx):
+        st[c * CTX_SLOTS] = STATE_ONE // 2
+        st[c * CTX_SLOTS + 1] = STATE_ONE // 2
     return st
 
 
+#: use counts saturate here: 2^12 − 2, from where even a 12-bit shift is final (shifts ≤ 12)
+COUNT_CAP = (1 << 12) - 2
+
+
+@njit(cache=True)
+def warm_table(s_fast, s_slow):
+    """Effective shifts by use count c, flattened as [2c] fast, [2c + 1] slow:
+    min(s, ⌊log2(c + 2)⌋). From c = 2^max(s) − 2 on both are final, so a count saturating at
+    ``COUNT_CAP`` gives the same shifts as one saturating anywhere later."""
+    wt = np.empty(2 * (COUNT_CAP + 1), dtype=np.int32)
+    for c in range(COUNT_CAP + 1):
+        w = WARM[c]
+        wt[2 * c] = s_fast if s_fast < w else w
+        wt[2 * c + 1] = s_slow if s_slow < w else w
+    return wt
+
+
 @njit(cache=True, inline="always")
-def update_ctx(st, ctx, bit, s_fast, s_slow):
+def update_ctx(st, ctx, bit, wt):
     """Move both estimators towards ``bit``. A young context adapts faster: its shift is
-    min(s, ⌊log2(count + 2)⌋), so the first bins average like a counter (≈ 1/n) instead of
-    paying the slow estimator's long warm-up at every chunk start."""
-    c = st[ctx, 2]
-    warm = WARM[c]
-    sf = s_fast if s_fast < warm else warm
-    ss = s_slow if s_slow < warm else warm
-    if c < WARM_MAX:
-        st[ctx, 2] = c + 1
+    min(s, ⌊log2(count + 2)⌋) (``warm_table``), so the first bins average like a counter
+    (≈ 1/n) instead of paying the slow estimator's long warm-up at every chunk start.
+    (Unsigned indices: numba then skips its negative-index wrap-around on every access.)"""
+    j = np.uint64(ctx * CTX_SLOTS)
+    c = st[j + _U2]
+    w = np.uint64(2 * c)
+    sf = wt[w]
+    ss = wt[w + _U1]
+    if c < COUNT_CAP:
+        st[j + _U2] = c + 1
     target = bit << STATE_BITS
-    st[ctx, 0] += (target - st[ctx, 0]) >> sf
-    st[ctx, 1] += (target - st[ctx, 1]) >> ss
+    f = st[j]
+    s = st[j + _U1]
+    st[j] = f + ((target - f) >> sf)
+    st[j + _U1] = s + ((target - s) >> ss)
 
 
 @njit(cache=True, inline="always")
 def prob(st, ctx):
-    """Coding probability P(1) in 15 bits: mean of both estimators, kept inside [1, 32767]."""
-    p = (st[ctx, 0] + st[ctx, 1]) >> (STATE_BITS + 1 - PROB_BITS)
-    if p < 1:
-        return 1
-    if p > PROB_ONE - 1:
-        return PROB_ONE - 1
-    return p
+    """Coding probability P(1) in 15 bits: mean of both estimators, at least 1.
+
+    The states stay in [0, 2^22 − 1] (a step moves at most to within 1 of the target and
+    never past it), so the mean is ≤ 32767 and only the lower clamp can act."""
+    j = np.uint64(ctx * CTX_SLOTS)
+    p = (st[j] + st[j + _U1]) >> (STATE_BITS + 1 - PROB_BITS)
+    return p if p > 0 else 1
 
 
 def _cost_tables():
@@ -220,14 +257,21 @@ def _shift_low(low, cache, pend, pos, buf):
 def enc_bin(bit, p, low, rng, cache, pend, pos, buf):
     """Code one bin of probability p = P(1) (15-bit)."""
     bound = (rng >> PROB_BITS) * p
-    if bit:
-        rng = bound
-    else:
-        low += bound
-        rng -= bound
+    # branch-free with masks: the bit is unpredictable by design
+    keep = bit - 1  # 0 when bit = 1, all ones when bit = 0
+    low += bound & keep
+    rng = (bound & -bit) | ((rng - bound) & keep)
     while rng < TOP:
         rng <<= 8
         low, cache, pend, pos = _shift_low(low, cache, pend, pos, buf)
+    return low, rng, cache, pend, pos
+
+
+@njit(cache=True, inline="always")
+def enc_ctx(bit, st, ctx, wt, low, rng, cache, pend, pos, buf):
+    """Code one bin in context ``ctx`` and adapt the context."""
+    low, rng, cache, pend, pos = enc_bin(bit, prob(st, ctx), low, rng, cache, pend, pos, buf)
+    update_ctx(st, ctx, bit, wt)
     return low, rng, cache, pend, pos
 
 
@@ -271,39 +315,37 @@ def _ideal(p, bit):
 
 
 @njit(cache=True, inline="always")
-def enc_level(q, state, a, pc, g, n_act, c_sig, c_sign, c_gt, c_eg, st, sf, ss,
+def enc_level(q, state, a, pc, g, n_act, c_sig, c_sign, c_gt, c_eg, st, wt,
               low, rng, cache, pend, pos, buf, measure):
     """Binarize and code one level; returns the coder state and the ideal bits spent
     (Σ −log2 p of the context-coded bins + 1 per bypass bin) when ``measure``."""
     ideal = 0.0
     ctx = sig_ctx(c_sig, n_act, state, a, pc)
-    p = prob(st, ctx)
     nz = 1 if q != 0 else 0
     if measure:
-        ideal += _ideal(p, nz)
-    low, rng, cache, pend, pos = enc_bin(nz, p, low, rng, cache, pend, pos, buf)
-    update_ctx(st, ctx, nz, sf, ss)
+        ideal += _ideal(prob(st, ctx), nz)
+    low, rng, cache, pend, pos = enc_ctx(nz, st, ctx, wt, low, rng, cache, pend, pos, buf)
     if nz == 0:
         return low, rng, cache, pend, pos, ideal
     neg = 1 if q < 0 else 0
     m = -q if neg else q
     ctx = c_sign + pc
-    p = prob(st, ctx)
     if measure:
-        ideal += _ideal(p, neg)
-    low, rng, cache, pend, pos = enc_bin(neg, p, low, rng, cache, pend, pos, buf)
-    update_ctx(st, ctx, neg, sf, ss)
-    qid = state >> 1
-    for k in range(1, g + 1):
-        b = 1 if m > k else 0
-        ctx = gt_ctx(c_gt, n_act, g, qid, a, k, neg)
-        p = prob(st, ctx)
+        ideal += _ideal(prob(st, ctx), neg)
+    low, rng, cache, pend, pos = enc_ctx(neg, st, ctx, wt, low, rng, cache, pend, pos, buf)
+    ctx = gt_ctx(c_gt, n_act, g, state >> 1, a, 1, neg)
+    top = m - 1 if m <= g else g
+    # |q| > k for k = 1..top are ones; the flag at k = m (when m ≤ g) is the terminating zero
+    for _ in range(top):
         if measure:
-            ideal += _ideal(p, b)
-        low, rng, cache, pend, pos = enc_bin(b, p, low, rng, cache, pend, pos, buf)
-        update_ctx(st, ctx, b, sf, ss)
-        if b == 0:
-            return low, rng, cache, pend, pos, ideal
+            ideal += _ideal(prob(st, ctx), 1)
+        low, rng, cache, pend, pos = enc_ctx(1, st, ctx, wt, low, rng, cache, pend, pos, buf)
+        ctx += 2
+    if m <= g:
+        if measure:
+            ideal += _ideal(prob(st, ctx), 0)
+        low, rng, cache, pend, pos = enc_ctx(0, st, ctx, wt, low, rng, cache, pend, pos, buf)
+        return low, rng, cache, pend, pos, ideal
     # exp-Golomb order 0 of r = m - g - 1: prefix L ones + one zero, suffix L bits of r + 1
     v = m - g
     nbits = 0
@@ -312,11 +354,9 @@ def enc_level(q, state, a, pc, g, n_act, c_sig, c_sign, c_gt, c_eg, st, sf, ss,
     for i in range(nbits + 1):
         b = 1 if i < nbits else 0
         ctx = c_eg + min(i, N_EG_CTX - 1)
-        p = prob(st, ctx)
         if measure:
-            ideal += _ideal(p, b)
-        low, rng, cache, pend, pos = enc_bin(b, p, low, rng, cache, pend, pos, buf)
-        update_ctx(st, ctx, b, sf, ss)
+            ideal += _ideal(prob(st, ctx), b)
+        low, rng, cache, pend, pos = enc_ctx(b, st, ctx, wt, low, rng, cache, pend, pos, buf)
     for i in range(nbits - 1, -1, -1):
         low, rng, cache, pend, pos = enc_bypass((v >> i) & 1, low, rng, cache, pend, pos, buf)
     if measure:
@@ -326,16 +366,22 @@ def enc_level(q, state, a, pc, g, n_act, c_sig, c_sign, c_gt, c_eg, st, sf, ss,
 
 @njit(cache=True, inline="always")
 def recon_int(k, state):
-    """Integer reconstruction r (value = r·Δ): k without DQ; 2k − sgn(k)·(state >> 1) with."""
+    """Integer reconstruction r (value = r·Δ): k without DQ (state < 0);
+    2k − sgn(k)·(state >> 1) with (branch-free)."""
     if state < 0:
         return k
-    r = 2 * k
-    if state >= 2:
-        if k > 0:
-            r -= 1
-        elif k < 0:
-            r += 1
-    return r
+    sgn = (1 if k > 0 else 0) - (1 if k < 0 else 0)
+    return 2 * k - sgn * (state >> 1)
+
+
+#: DQ_TRANS packed 2 bits per entry, entry (state << 1) | parity: no table load per weight
+DQ_PACKED = sum(int(DQ_TRANS.reshape(-1)[i]) << (2 * i) for i in range(8))
+
+
+@njit(cache=True, inline="always")
+def dq_next(state, k):
+    """Next dependent-quantization state T[state][k & 1]."""
+    return (DQ_PACKED >> ((((state << 1) | (k & 1))) << 1)) & 3
 
 
 @njit(cache=True, inline="always")
@@ -344,7 +390,7 @@ def hash_step(h, r):
 
 
 @njit(cache=True)
-def encode_levels_chunk(levels, lo, hi, row_len, g, ctx_mode, dq, sf, ss, buf, measure):
+def encode_levels_chunk(levels, lo, hi, row_len, g, ctx_mode, dq, wt, buf, measure):
     """Code levels[lo:hi] (one chunk, fresh contexts). Returns (nbytes, checksum, ideal bits);
     nbytes > buf.size means the buffer was too small (nothing valid was written)."""
     n_act, c_sig, c_sign, c_gt, c_eg, n_ctx = ctx_layout(g, ctx_mode)
@@ -368,12 +414,12 @@ def encode_levels_chunk(levels, lo, hi, row_len, g, ctx_mode, dq, sf, ss, buf, m
             a = activity(abs(prev), abs(above))
         q = levels[i]
         low, rng, cache, pend, pos, bits = enc_level(
-            q, state, a, sign_class(prev), g, n_act, c_sig, c_sign, c_gt, c_eg, st, sf, ss,
+            q, state, a, sign_class(prev), g, n_act, c_sig, c_sign, c_gt, c_eg, st, wt,
             low, rng, cache, pend, pos, buf, measure)
         ideal += bits
         if dq:
             h = hash_step(h, recon_int(q, state))
-            state = DQ_TRANS[state, q & 1]
+            state = dq_next(state, q)
         else:
             h = hash_step(h, q)
         prev = q
@@ -388,38 +434,38 @@ def encode_levels_chunk(levels, lo, hi, row_len, g, ctx_mode, dq, sf, ss, buf, m
 
 
 @njit(cache=True, inline="always")
-def dec_bin(p, code, rng, pos, data, end):
+def dec_ctx(st, ctx, wt, code, rng, pos, data, end):
+    """Decode one bin in context ``ctx`` and adapt the context."""
+    p = prob(st, ctx)
     bound = (rng >> PROB_BITS) * p
     bit = 1 if code < bound else 0
-    # branch-free interval update (the bit is unpredictable by design)
-    nb = 1 - bit
-    code -= bound * nb
-    rng = bound * bit + (rng - bound) * nb
+    # branch-free interval update with masks (the bit is unpredictable by design)
+    keep = bit - 1  # 0 when bit = 1, all ones when bit = 0
+    code -= bound & keep
+    rng = (bound & -bit) | ((rng - bound) & keep)
     while rng < TOP:
         rng <<= 8
         b = data[pos] if pos < end else 0
         pos += 1
         code = (code << 8) | b
+    update_ctx(st, ctx, bit, wt)
     return bit, code, rng, pos
 
 
 @njit(cache=True, inline="always")
 def dec_bypass(code, rng, pos, data, end):
     rng >>= 1
-    bit = 0
-    if code >= rng:
-        code -= rng
-        bit = 1
+    bit = 1 if code >= rng else 0
+    code = code - rng if bit else code
     while rng < TOP:
         rng <<= 8
-        b = data[pos] if pos < end else 0
+        code = (code << 8) | (data[pos] if pos < end else 0)
         pos += 1
-        code = (code << 8) | b
     return bit, code, rng, pos
 
 
-@njit(cache=True)
-def decode_levels_chunk(data, start, end, lo, hi, row_len, g, ctx_mode, dq, sf, ss, out, outf,
+@njit(cache=True, inline="always")
+def _decode_chunk_body(data, start, end, lo, hi, row_len, g, ctx_mode, dq, wt, out, outf,
                         scale, to_float):
     """Decode one chunk into out[lo:hi] (integer reconstructions r), or straight to floats
     outf[lo:hi] = r·scale when ``to_float`` (saves a pass). Returns (status, checksum):
@@ -451,31 +497,25 @@ def decode_levels_chunk(data, start, end, lo, hi, row_len, g, ctx_mode, dq, sf, 
             above = ring[col] if (has_above and i - row_len >= lo) else 0
             a = activity(abs(prev), abs(above))
         pc = sign_class(prev)
-        ctx = sig_ctx(c_sig, n_act, state, a, pc)
-        bit, code, rng, pos = dec_bin(prob(st, ctx), code, rng, pos, data, end)
-        update_ctx(st, ctx, bit, sf, ss)
+        bit, code, rng, pos = dec_ctx(st, sig_ctx(c_sig, n_act, state, a, pc), wt, code, rng,
+                                      pos, data, end)
         q = 0
         if bit:
-            ctx = c_sign + pc
-            neg, code, rng, pos = dec_bin(prob(st, ctx), code, rng, pos, data, end)
-            update_ctx(st, ctx, neg, sf, ss)
-            qid = state >> 1
+            neg, code, rng, pos = dec_ctx(st, c_sign + pc, wt, code, rng, pos, data, end)
+            ctx = gt_ctx(c_gt, n_act, g, state >> 1, a, 1, neg)
             m = 1
-            more = 1
-            while more and m <= g:
-                ctx = gt_ctx(c_gt, n_act, g, qid, a, m, neg)
-                more, code, rng, pos = dec_bin(prob(st, ctx), code, rng, pos, data,
-                                               end)
-                update_ctx(st, ctx, more, sf, ss)
-                if more:
-                    m += 1
-            if more:
+            # unary part: |q| > m flags until the first zero or m = g + 1
+            while m <= g:
+                more, code, rng, pos = dec_ctx(st, ctx, wt, code, rng, pos, data, end)
+                if more == 0:
+                    break
+                m += 1
+                ctx += 2
+            if m > g:
                 nbits = 0
                 while True:
-                    ctx = c_eg + min(nbits, N_EG_CTX - 1)
-                    b, code, rng, pos = dec_bin(prob(st, ctx), code, rng, pos, data,
-                                                end)
-                    update_ctx(st, ctx, b, sf, ss)
+                    b, code, rng, pos = dec_ctx(st, c_eg + min(nbits, N_EG_CTX - 1), wt, code,
+                                                rng, pos, data, end)
                     if b == 0:
                         break
                     nbits += 1
@@ -493,7 +533,7 @@ def decode_levels_chunk(data, start, end, lo, hi, row_len, g, ctx_mode, dq, sf, 
             ring[col] = q
         if dq:
             r = recon_int(q, state)
-            state = DQ_TRANS[state, q & 1]
+            state = dq_next(state, q)
         else:
             r = q
         if to_float:
@@ -511,6 +551,22 @@ def decode_levels_chunk(data, start, end, lo, hi, row_len, g, ctx_mode, dq, sf, 
     return 0, h
 
 
+@njit(cache=True)
+def decode_levels_chunk(data, start, end, lo, hi, row_len, g, ctx_mode, dq, wt, out, outf,
+                        scale, to_float):
+    """Decode one chunk into out[lo:hi] (integer reconstructions r), or straight to floats
+    outf[lo:hi] = r·scale when ``to_float`` (saves a pass). Returns (status, checksum):
+    status 0 ok, 1 bad exp-Golomb prefix / level too large, 2 bad byte count.
+
+    The loop is inlined twice, with the context mode a constant in each copy, so the
+    plain layout (mode 0) carries none of the neighbourhood bookkeeping."""
+    if ctx_mode == 0:
+        return _decode_chunk_body(data, start, end, lo, hi, row_len, g, 0, dq, wt, out, outf,
+                                  scale, to_float)
+    return _decode_chunk_body(data, start, end, lo, hi, row_len, g, 1, dq, wt, out, outf,
+                              scale, to_float)
+
+
 # ----------------------------------------------------------------------------- parallel drivers
 
 
@@ -519,10 +575,11 @@ def _encode_levels_par(levels, row_len, chunk, g, ctx_mode, dq, sf, ss, buf, off
                        checks, ideal, measure):
     nch = offs.size - 1
     n = levels.size
+    wt = warm_table(sf, ss)
     for c in prange(nch):
         lo = c * chunk
         hi = min(n, lo + chunk)
-        nb, h, bits = encode_levels_chunk(levels, lo, hi, row_len, g, ctx_mode, dq, sf, ss,
+        nb, h, bits = encode_levels_chunk(levels, lo, hi, row_len, g, ctx_mode, dq, wt,
                                           buf[offs[c]:offs[c + 1]], measure)
         nbytes[c] = nb
         checks[c] = h
@@ -533,17 +590,32 @@ def _encode_levels_par(levels, row_len, chunk, g, ctx_mode, dq, sf, ss, buf, off
 def _decode_par(data, starts, ends, n, row_len, chunk, g, ctx_mode, dq, sf, ss, checks, out,
                 outf, scale, to_float, status):
     nch = starts.size
+    wt = warm_table(sf, ss)
     for c in prange(nch):
         lo = c * chunk
         hi = min(n, lo + chunk)
         st, h = decode_levels_chunk(data, starts[c], ends[c], lo, hi, row_len, g, ctx_mode, dq,
-                                    sf, ss, out, outf, scale, to_float)
+                                    wt, out, outf, scale, to_float)
         if st == 0 and h != checks[c]:
             st = 3
         status[c] = st
 
 
 # ----------------------------------------------------------------------------- python API
+
+
+@contextmanager
+def chunk_by_chunk() -> Iterator[None]:
+    """Run the enclosed ``prange`` drivers with dynamic scheduling, one chunk per hand-out:
+    the chunks' cost varies with the weights' statistics (e.g. frequent vs rare token rows of
+    an embedding), so numba's default static split into one contiguous block per thread can
+    leave a core idle at the end."""
+    old = numba.set_parallel_chunksize(1)
+    try:
+        yield
+    finally:
+        numba.set_parallel_chunksize(old)
+
 
 
 @dataclass(frozen=True)
@@ -584,6 +656,18 @@ def row_length(shape: tuple[int, ...]) -> int:
     if len(shape) <= 1:
         return max(1, int(shape[0]) if shape else 1)
     return max(1, int(np.prod(shape[1:], dtype=np.int64)))
+
+
+def balanced_chunk(n: int, chunk: int) -> int:
+    """Chunk length actually used for ``n`` values with nominal length ``chunk``: the count
+    ⌈n / chunk⌉ rounded up to an even number (when > 1) and the values spread evenly, so the
+    chunks — one independent coder each — split evenly over 2 cores (a 384×384 matrix is 6
+    chunks of 24 576, not 4 of 32 768 and a fifth of 16 384 that leaves one core idle)."""
+    if n <= chunk:
+        return chunk
+    nch = -(-n // chunk)
+    nch += nch & 1
+    return -(-n // nch)
 
 
 def alloc_chunks(n: int, chunk: int, bytes_per_elem: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
@@ -632,8 +716,9 @@ def encode_levels(levels: np.ndarray, params: StreamParams, measure: bool = Fals
         checks = np.zeros(nch, dtype=np.int64)
         ideal = np.zeros(nch, dtype=np.float64)
         sf, ss = params.shifts
-        _encode_levels_par(lv, params.row_len, params.chunk, params.g, params.ctx_mode,
-                           params.dq, sf, ss, buf, offs, nbytes, checks, ideal, measure)
+        with chunk_by_chunk():
+            _encode_levels_par(lv, params.row_len, params.chunk, params.g, params.ctx_mode,
+                               params.dq, sf, ss, buf, offs, nbytes, checks, ideal, measure)
         if np.all(nbytes <= np.diff(offs)):
             return pack_stream(params, buf, offs, nbytes, checks), float(ideal.sum())
         per = float(np.max(nbytes / np.maximum(np.diff(offs) - 64, 1))) * per + 1.0
@@ -693,8 +778,10 @@ def decode_levels(data: bytes | memoryview | np.ndarray, as_float: bool = False
         return params, outf if as_float else out
     status = np.zeros(starts.size, dtype=np.int64)
     sf, ss = params.shifts
-    _decode_par(raw, starts, ends, n, params.row_len, params.chunk, params.g, params.ctx_mode,
-                params.dq, sf, ss, checks, out, outf, np.float32(params.step), as_float, status)
+    with chunk_by_chunk():
+        _decode_par(raw, starts, ends, n, params.row_len, params.chunk, params.g,
+                    params.ctx_mode, params.dq, sf, ss, checks, out, outf,
+                    np.float32(params.step), as_float, status)
     bad = np.flatnonzero(status)
     if bad.size:
         c = int(bad[0])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from typing import Any
 
 import numpy as np
@@ -92,22 +93,33 @@ def _differences(blobs: list[Any]) -> str:
     return "; ".join(parts) if parts else "world sizes differ"
 
 
+def _all_gather(outs, t, group, what: str, timer: dict | None) -> None:
+    """dist.all_gather with errors wrapped; adds its wall time to timer["collective"]."""
+    t0 = time.perf_counter()
+    try:
+        dist.all_gather(outs, t, group=group)
+    except Exception as exc:  # noqa: BLE001 - every backend error is reported the same way
+        raise _wrap(what, exc) from exc
+    finally:
+        if timer is not None:
+            timer["collective"] = timer.get("collective", 0.0) + time.perf_counter() - t0
+
+
 def exchange_bytes(
-    payload: bytes, status: int, group=None, device: Any = "cpu"
-) -> tuple[list[int], list[bytes], int]:
+    payload: bytes, status: int, group=None, device: Any = "cpu", timer: dict | None = None
+) -> tuple[list[int], list[memoryview], int]:
     """All-gather variable-length packets. Returns (statuses, packets, bytes this worker sent).
 
     Step 1 gathers one int32 per worker (packet length, or −status when not OK); step 2, only
-    when every status is OK, gathers the packets padded to the longest one.
+    when every status is OK, gathers the packets padded to the longest one. ``timer``: the
+    seconds spent inside the collectives (waiting for peers + transfer) are added to
+    ``timer["collective"]``. Packets are read-only byte views (no copy).
     """
     world = _world(group)
     head = torch.tensor([len(payload) if status == STATUS_OK else -status], dtype=torch.int32,
                         device=device)
     heads = [torch.zeros(1, dtype=torch.int32, device=device) for _ in range(world)]
-    try:
-        dist.all_gather(heads, head, group=group)
-    except Exception as exc:  # noqa: BLE001
-        raise _wrap("packet length exchange", exc) from exc
+    _all_gather(heads, head, group, "packet length exchange", timer)
     lengths = [int(h.item()) for h in heads]
     statuses = [STATUS_OK if n >= 0 else -n for n in lengths]
     sent = 4
@@ -115,30 +127,25 @@ def exchange_bytes(
         return statuses, [], sent
     longest = max(lengths)
     if longest == 0:
-        return statuses, [b""] * world, sent
+        return statuses, [memoryview(b"")] * world, sent
     buf = torch.zeros(longest, dtype=torch.uint8)
     if payload:
-        buf[: len(payload)] = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
+        buf.numpy()[: len(payload)] = np.frombuffer(payload, dtype=np.uint8)
     buf = buf.to(device)
     outs = [torch.empty(longest, dtype=torch.uint8, device=device) for _ in range(world)]
-    try:
-        dist.all_gather(outs, buf, group=group)
-    except Exception as exc:  # noqa: BLE001
-        raise _wrap("packet exchange", exc) from exc
-    packets = [o.cpu().numpy()[:n].tobytes() for o, n in zip(outs, lengths, strict=True)]
+    _all_gather(outs, buf, group, "packet exchange", timer)
+    packets = [memoryview(o.cpu().numpy()[:n]) for o, n in zip(outs, lengths, strict=True)]
     return statuses, packets, sent + longest
 
 
 def exchange_words(
-    words: np.ndarray, group=None, device: Any = "cpu"
+    words: np.ndarray, group=None, device: Any = "cpu", timer: dict | None = None
 ) -> tuple[list[int], list[np.ndarray], int]:
-    """All-gather fixed-size int32 packets whose word 0 is the status."""
+    """All-gather fixed-size int32 packets whose word 0 is the status (``timer`` as in
+    :func:`exchange_bytes`)."""
     world = _world(group)
     t = torch.from_numpy(np.ascontiguousarray(words, dtype=np.int32)).to(device)
     outs = [torch.empty_like(t) for _ in range(world)]
-    try:
-        dist.all_gather(outs, t, group=group)
-    except Exception as exc:  # noqa: BLE001
-        raise _wrap("padded packet exchange", exc) from exc
+    _all_gather(outs, t, group, "padded packet exchange", timer)
     arrays = [o.cpu().numpy() for o in outs]
     return [int(a[0]) for a in arrays], arrays, 4 * int(words.size)

@@ -15,6 +15,14 @@ Selection never sorts the whole tensor: small tensors use one partial selection
 random sample, keep the candidates beyond it with one vectorised pass and partially select
 among those — the result is the exact top-k (a fallback to the full partial selection runs if
 the sample under-estimated), only faster (≈ 1 ms instead of 200 ms at 10⁷ elements).
+Selected positions always come out increasing (ties at the k-th value: earliest first).
+
+Error feedback on large CPU tensors (``Compressor.accumulate_compress``) is one fused,
+chunked pass: per chunk of 8192, a branch-free (vectorised) loop does u ← m·u + g, A += d
+and writes a flag byte (A ≥ hi, A ≤ lo); a second loop over the chunk, still in cache,
+reads the flags 8 at a time and collects the candidates with their values. The thresholds
+come from a cached, sorted sample of 2¹³ positions of the *new* A; the finish partitions only
+the ≈ 1.5·k candidates.
 
 :class:`ResidualMemory` keeps the error feedback: ``A ← A + ΔW; out = C(A); A ← A − out``,
 per parameter name, in float64.  The values on the wire are float32 and every subtraction
@@ -26,12 +34,15 @@ float32 numbers that close without rounding) — i.e. always in practice; nothin
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
 import torch
 from numba import njit
+from numba.cpython.unsafe.numbers import trailing_zeros
 
 from ..codec import DnnzipError, InvalidOption
 
@@ -60,7 +71,7 @@ METHODS = ("sbc", "stc", "topk", "dense")
 
 #: tensors at least this large use the sampled-threshold selection
 SAMPLED_MIN_NUMEL = 1 << 15
-_SAMPLE_SIZE = 1 << 14
+_SAMPLE_SIZE = 1 << 13
 
 
 class NonFiniteUpdate(DnnzipError, ValueError):
@@ -130,30 +141,201 @@ def _collect(v, hi, lo, use_abs, cap, out_hi, out_lo):
 
 
 @njit(cache=True)
-def _accumulate_collect(acc, g, u, m, use_mom, hi, lo, use_abs, cap, out_hi, out_lo):
-    """The fused pass of error feedback: d = g (or u ← m·u + g, d = u; m float32);
-    acc += d (float64); collect acc ≥ hi / acc ≤ lo (|acc| ≥ hi when use_abs) as ``_collect``.
-    One read of every array instead of four to five separate passes."""
-    nh = 0
-    nl = 0
+def _accumulate_flag(acc, g, u, m, use_mom, consume, use_abs, hi, lo, flags):
+    """The fused pass of error feedback, first half: d = g (or u ← m·u + g, d = u; m
+    float32, the float32 rounding of u.mul_(m).add_(g)); acc += d (acc's dtype); flag byte
+    bit 0: acc ≥ hi, bit 1: acc ≤ lo (|acc| ≥ hi when use_abs); with ``consume`` g is
+    zeroed behind the read (the caller's output buffer then starts at 0 without another
+    pass). Branch-free, so the compiler vectorises it."""
     for i in range(acc.size):
         d = g[i]
-        if use_mom:  # float32 product, then float32 sum: as u.mul_(m).add_(g) rounds
+        if consume:
+            g[i] = 0
+        if use_mom:
             d = np.float32(np.float32(m * u[i]) + d)
             u[i] = d
         x = acc[i] + d
         acc[i] = x
         if use_abs:
             x = abs(x)
-        if x >= hi:
-            if nh < cap:
-                out_hi[nh] = i
-            nh += 1
-        if x <= lo:
-            if nl < cap:
-                out_lo[nl] = i
-            nl += 1
+        flags[i] = np.uint8(x >= hi) | (np.uint8(x <= lo) << np.uint8(1))
+
+
+@njit(cache=True)
+def _accumulate_collect(acc, g, u, m, use_mom, consume, use_abs, hi, lo, flags, cap,
+                        out_hi, val_hi, out_lo, val_lo):
+    """acc += d with ``_accumulate_flag`` chunk by chunk (``flags`` holds one chunk), then
+    the chunk's flagged positions, increasing, with their new values (read back while the
+    chunk is still in cache) into out_hi/val_hi (bit 0) and out_lo/val_lo (bit 1). The
+    flag bytes are read 8 at a time: a zero word is skipped, set bytes are found with
+    trailing-zero counts. Returns both counts (they may exceed cap: the caller then falls
+    back)."""
+    n = acc.size
+    nh = 0
+    nl = 0
+    words = flags.view(np.uint64)
+    ones = np.uint64(0x0101010101010101)
+    one = np.uint64(1)
+    chunk = flags.size
+    for s in range(0, n, chunk):
+        e = min(s + chunk, n)
+        c = e - s
+        if use_mom:
+            _accumulate_flag(acc[s:e], g[s:e], u[s:e], m, True, consume, use_abs, hi, lo, flags)
+        else:
+            _accumulate_flag(acc[s:e], g[s:e], u, m, False, consume, use_abs, hi, lo, flags)
+        for t in range(c, (c + 7) // 8 * 8):
+            flags[t] = 0
+        for w in range((c + 7) // 8):
+            x = words[w]
+            if x == 0:
+                continue
+            h = x & ones
+            while h != 0:
+                i = s + 8 * w + (trailing_zeros(h) >> 3)
+                if nh < cap:
+                    out_hi[nh] = i
+                    val_hi[nh] = acc[i]
+                nh += 1
+                h &= h - one
+            h = (x >> one) & ones
+            while h != 0:
+                i = s + 8 * w + (trailing_zeros(h) >> 3)
+                if nl < cap:
+                    out_lo[nl] = i
+                    val_lo[nl] = acc[i]
+                nl += 1
+                h &= h - one
     return nh, nl
+
+
+#: elements per chunk of the fused pass (a chunk of acc, g and flags stays in L2)
+_CHUNK = 8192
+_FLAGS = threading.local()
+
+
+def _flag_chunk() -> np.ndarray:
+    """The per-thread scratch of ``_CHUNK`` flag bytes (a multiple of 8)."""
+    buf = getattr(_FLAGS, "buf", None)
+    if buf is None:
+        buf = _FLAGS.buf = np.zeros(_CHUNK, dtype=np.uint8)
+    return buf
+
+
+@njit(cache=True)
+def _sample_updated(acc, g, u, m, use_mom, idx, out):
+    """out[j] = acc[idx[j]] + d[idx[j]] with d as in ``_accumulate_flag`` (nothing is
+    written back): the values the fused pass is about to produce, at the sample positions."""
+    for j in range(idx.size):
+        i = idx[j]
+        d = g[i]
+        if use_mom:
+            d = np.float32(np.float32(m * u[i]) + d)
+        out[j] = acc[i] + d
+
+
+@njit(cache=True)
+def _pick_sorted(key, cand, vals, t, k, out, out_vals):
+    """From candidates ``cand`` (increasing positions) with keys ``key``, where t is the
+    k-th largest key: every key > t, then the first keys == t until k are taken. Writes the
+    chosen positions, still increasing, into out and their ``vals`` into out_vals."""
+    above = 0
+    for j in range(key.size):
+        if key[j] > t:
+            above += 1
+    ties = k - above
+    n = 0
+    for j in range(key.size):
+        x = key[j]
+        if x > t or (x == t and ties > 0):
+            if x == t:
+                ties -= 1
+            out[n] = cand[j]
+            out_vals[n] = vals[j]
+            n += 1
+    return n
+
+
+@njit(cache=True)
+def _key(x, mode):
+    return x if mode == 0 else (-x if mode == 1 else abs(x))
+
+
+@njit(cache=True)
+def _top_small(v, k, mode, out, out_vals):
+    """Exact top-k of key(v) (mode 0: v, 1: −v, 2: |v|) for a small tensor, 0 < k < n:
+    a size-k min-heap finds the k-th largest key t in one pass (O(n log k), few sift-downs
+    on unsorted data), then one ordered pass takes every key > t and the earliest keys == t
+    — the same rule as ``_pick_sorted``. Positions increasing, with their values."""
+    heap = np.empty(k, dtype=np.float64)
+    for i in range(k):
+        heap[i] = _key(v[i], mode)
+    for start in range(k // 2 - 1, -1, -1):  # heapify
+        _sift(heap, start, k)
+    for i in range(k, v.size):
+        x = _key(v[i], mode)
+        if x > heap[0]:
+            heap[0] = x
+            _sift(heap, 0, k)
+    t = heap[0]
+    above = 0
+    for i in range(v.size):
+        if _key(v[i], mode) > t:
+            above += 1
+    ties = k - above
+    n = 0
+    for i in range(v.size):
+        x = _key(v[i], mode)
+        if x > t or (x == t and ties > 0):
+            if x == t:
+                ties -= 1
+            out[n] = i
+            out_vals[n] = v[i]
+            n += 1
+    return n
+
+
+@njit(cache=True)
+def _sift(heap, i, size):
+    """Sift heap[i] down in a min-heap of ``size`` entries."""
+    x = heap[i]
+    while True:
+        c = 2 * i + 1
+        if c >= size:
+            break
+        if c + 1 < size and heap[c + 1] < heap[c]:
+            c += 1
+        if heap[c] >= x:
+            break
+        heap[i] = heap[c]
+        i = c
+    heap[i] = x
+
+
+@njit(cache=True)
+def _accumulate(acc, g, u, m, use_mom, consume):
+    """acc += d, d = g or u ← m·u + g (float32 rounding as u.mul_(m).add_(g)); with
+    ``consume`` g is zeroed behind the read: the small-tensor half of ``_accumulate_flag``."""
+    for i in range(acc.size):
+        d = g[i]
+        if consume:
+            g[i] = 0
+        if use_mom:
+            d = np.float32(np.float32(m * u[i]) + d)
+            u[i] = d
+        acc[i] += d
+
+
+@njit(cache=True)
+def _add_at(acc, positions, values, scale, sign):
+    """acc[positions] += sign·value (values[j], or the single ``scale`` if values is empty):
+    the compiled index_add of what was sent, in acc's dtype."""
+    if values.size:
+        for j in range(positions.size):
+            acc[positions[j]] += sign * values[j]
+    else:
+        for j in range(positions.size):
+            acc[positions[j]] += sign * scale
 
 
 def _partial_top(values: np.ndarray, k: int) -> np.ndarray:
@@ -163,42 +345,70 @@ def _partial_top(values: np.ndarray, k: int) -> np.ndarray:
     return np.argpartition(values, values.size - k)[values.size - k :]
 
 
-def _thresholds(sample: np.ndarray, n: int, k: int, use_abs: bool):
+def _thresholds(sample: np.ndarray, n: int, k: int, use_abs: bool, two_sided: bool = True):
     """Upper/lower sample quantiles with ≈ k + 4√k + 8 of the n entries beyond each (the
-    sample count is binomial: 4 standard deviations of margin), and the candidate capacity."""
+    sample count is binomial: 4 standard deviations of margin), and the candidate capacity.
+    Without ``two_sided`` the lower one is −∞. One partition per side (a partition with two
+    kth values costs several times one)."""
     if use_abs:
         sample = np.abs(sample)
     m = sample.size
     expect = k * m / n
     r = min(m, int(expect + 4.0 * math.sqrt(expect) + 8))
-    part = np.partition(sample, (r - 1, m - r))
-    return float(part[m - r]), float(part[r - 1]), int(4 * (k + 4 * math.sqrt(k) + 8) + 64)
+    part = np.partition(sample, m - r)
+    hi = float(part[m - r])
+    lo = -math.inf
+    if two_sided:
+        low = part[: m - r + 1] if r <= m - r + 1 else sample  # the r smallest are in there
+        lo = float(np.partition(low, r - 1)[r - 1])
+    return hi, lo, int(4 * (k + 4 * math.sqrt(k) + 8) + 64)
 
 
+@lru_cache(maxsize=256)
 def _sample_index(n: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed + n).integers(0, n, min(n, _SAMPLE_SIZE))
+    """2¹³ uniform positions (with repetition) of an n-element tensor, sorted so the gather
+    walks memory forwards; cached — the same layout is sampled every step (read-only)."""
+    idx = np.sort(np.random.default_rng(seed + n).integers(0, n, min(n, _SAMPLE_SIZE)))
+    idx.setflags(write=False)
+    return idx
 
 
-def _finish(v, k, nh, nl, out_hi, out_lo, cap, use_abs, two_sided):
-    """Exact top-k (and bottom-k) from the collected candidates, or by one full partial
-    selection when the sample mis-estimated (too few candidates, or more than cap)."""
+def _top_of_candidates(cand, vals, k, use_abs, negate):
+    """The k largest keys (vals, |vals| or −vals) among the candidates (increasing
+    positions), still increasing, with their values: one partition of the keys finds the
+    k-th, one compiled pass picks."""
+    key = np.abs(vals) if use_abs else (-vals if negate else vals)
+    t = np.partition(key, key.size - k)[key.size - k]
+    out = np.empty(k, dtype=np.int64)
+    out_vals = np.empty(k, dtype=vals.dtype)
+    _pick_sorted(key, cand, vals, t, k, out, out_vals)
+    return out, out_vals
+
+
+def _finish(v, k, nh, nl, out_hi, out_lo, cap, use_abs, two_sided, val_hi=None, val_lo=None):
+    """Exact top-k (and bottom-k) from the collected candidates (their values val_hi/lo,
+    else read from v), or by one full partial selection when the sample mis-estimated (too
+    few candidates, or more than cap). Returns (top, v[top], bottom, v[bottom]) with
+    increasing positions (bottom None unless two_sided)."""
     n = v.size
     if k <= nh <= cap:
         cand = out_hi[:nh]
-        key = np.abs(v[cand]) if use_abs else v[cand]
-        top = cand[_partial_top(key, k)]
+        top, tv = _top_of_candidates(cand, v[cand] if val_hi is None else val_hi[:nh], k,
+                                     use_abs, False)
     else:
         key = np.abs(v) if use_abs else v
-        top = np.argpartition(key, n - k)[n - k :]
-    bottom = None
+        top = np.sort(np.argpartition(key, n - k)[n - k :]).astype(np.int64, copy=False)
+        tv = v[top]
+    bottom = bv = None
     if two_sided:
         if k <= nl <= cap:
             cand = out_lo[:nl]
-            bottom = cand[_partial_top(-v[cand], k)]
+            bottom, bv = _top_of_candidates(cand, v[cand] if val_lo is None else val_lo[:nl],
+                                            k, False, True)
         else:
-            bottom = np.argpartition(v, k - 1)[:k]
-        bottom = bottom.astype(np.int64, copy=False)
-    return top.astype(np.int64, copy=False), bottom
+            bottom = np.sort(np.argpartition(v, k - 1)[:k]).astype(np.int64, copy=False)
+            bv = v[bottom]
+    return top, tv, bottom, bv
 
 
 def _use_sampled(n: int, k: int, method: str) -> bool:
@@ -206,21 +416,18 @@ def _use_sampled(n: int, k: int, method: str) -> bool:
     return big and 0 < k < n // 8
 
 
-def _select(
-    v: np.ndarray, k: int, method: str, seed: int, use_abs: bool, two_sided: bool
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Exact top-k of v (or |v|), and with ``two_sided`` also the bottom-k of v."""
+def _select(v: np.ndarray, k: int, method: str, seed: int, use_abs: bool, two_sided: bool):
+    """Exact top-k of v (or |v|), and with ``two_sided`` also the bottom-k of v:
+    (top, v[top], bottom, v[bottom]), positions increasing (bottom None if one-sided)."""
     n = v.size
     if k <= 0 or n == 0:
         empty = np.empty(0, dtype=np.int64)
-        return empty, (empty if two_sided else None)
+        return empty, v[empty], (empty if two_sided else None), (v[empty] if two_sided else None)
     if k >= n:
         allidx = np.arange(n, dtype=np.int64)
-        return allidx, (allidx if two_sided else None)
+        return allidx, v, (allidx if two_sided else None), (v if two_sided else None)
     if _use_sampled(n, k, method):
-        hi, lo, cap = _thresholds(v[_sample_index(n, seed)], n, k, use_abs)
-        if not two_sided:
-            lo = -np.inf
+        hi, lo, cap = _thresholds(v[_sample_index(n, seed)], n, k, use_abs, two_sided)
         out_hi = np.empty(cap, dtype=np.int64)
         out_lo = np.empty(cap if two_sided else 1, dtype=np.int64)
         nh, nl = _collect(v, hi, lo, use_abs, cap, out_hi, out_lo)
@@ -234,7 +441,7 @@ def topk_indices(
     """Indices (int64, unsorted) of the k largest values of ``x`` (flattened).
 
     ``method``: "exact" = one ``np.argpartition`` (introselect, O(N)); "sampled" = threshold
-    from a random sample of 2¹⁴ entries, candidates beyond it collected in one compiled pass,
+    from a random sample of 2¹³ entries, candidates beyond it collected in one compiled pass,
     argpartition among them; "auto" = sampled from 2¹⁵ elements on. Both return an exact
     top-k (ties broken arbitrarily). Non-CPU torch tensors use ``torch.topk`` on their device.
     """
@@ -303,30 +510,44 @@ def _finite_or_raise(v: np.ndarray) -> None:
         raise NonFiniteUpdate("update holds NaN or Inf")
 
 
-def _sbc_message(v: np.ndarray, top: np.ndarray, bottom: np.ndarray) -> Message:
-    """μ₊ = mean of the selected entries > 0, μ₋ = mean of those < 0; keep the larger |μ|."""
-    pos = top[v[top] > 0]
-    neg = bottom[v[bottom] < 0]
+@njit(cache=True)
+def _signed_part(vals, idx, positive):
+    """The entries of idx whose value (vals, aligned with idx) is > 0 (``positive``) or
+    < 0, in order, and the float64 sum of those values (sequential)."""
+    out = np.empty(idx.size, dtype=np.int64)
+    n = 0
+    total = 0.0
+    for j in range(idx.size):
+        x = vals[j]
+        if (x > 0) if positive else (x < 0):
+            out[n] = idx[j]
+            n += 1
+            total += x
+    return out[:n], total
+
+
+def _sbc_message(v: np.ndarray, top: np.ndarray, tv: np.ndarray, bottom: np.ndarray,
+                 bv: np.ndarray) -> Message:
+    """μ₊ = mean of the selected entries > 0, μ₋ = mean of those < 0; keep the larger |μ|.
+    ``top``/``bottom`` are increasing positions, tv/bv their values (``_select``)."""
+    pos, s_pos = _signed_part(tv, top, True)
+    neg, s_neg = _signed_part(bv, bottom, False)
     if pos.size == 0 and neg.size == 0:
         return Message("sbc", v.size, np.empty(0, dtype=np.int64), 0.0)
-    mu_pos = float(v[pos].mean(dtype=np.float64)) if pos.size else 0.0
-    mu_neg = float(v[neg].mean(dtype=np.float64)) if neg.size else 0.0
+    mu_pos = s_pos / pos.size if pos.size else 0.0
+    mu_neg = s_neg / neg.size if neg.size else 0.0
     keep, mu = (pos, mu_pos) if mu_pos >= -mu_neg else (neg, mu_neg)
-    return Message("sbc", v.size, np.sort(keep), float(np.float32(mu)))
+    return Message("sbc", v.size, keep, float(np.float32(mu)))
 
 
-def _stc_message(v: np.ndarray, idx: np.ndarray) -> Message:
-    idx = np.sort(idx)
-    sel = v[idx]
+def _stc_message(v: np.ndarray, idx: np.ndarray, sel: np.ndarray) -> Message:
     nz = sel != 0
     idx, sel = idx[nz], sel[nz]
     mu = float(np.float32(np.abs(sel).mean(dtype=np.float64))) if sel.size else 0.0
     return Message("stc", v.size, idx, mu, sel < 0)
 
 
-def _topk_message(v: np.ndarray, idx: np.ndarray) -> Message:
-    idx = np.sort(idx)
-    sel = v[idx]
+def _topk_message(v: np.ndarray, idx: np.ndarray, sel: np.ndarray) -> Message:
     nz = sel != 0
     return Message("topk", v.size, idx[nz], 0.0, None, sel[nz].astype(np.float32))
 
@@ -337,15 +558,15 @@ def _compress(method: str, v: np.ndarray, p: float, selection: str) -> Message:
         return Message("dense", v.size, np.empty(0, dtype=np.int64), 0.0, None,
                        v.astype(np.float32))
     k = num_selected(v.size, p)
-    top, bottom = _select(v, k, selection, 0, method != "sbc", method == "sbc")
-    return _build(method, v, top, bottom)
+    return _build(method, v, *_select(v, k, selection, 0, method != "sbc", method == "sbc"))
 
 
-def _build(method: str, v: np.ndarray, top: np.ndarray, bottom: np.ndarray | None) -> Message:
+def _build(method: str, v: np.ndarray, top: np.ndarray, tv: np.ndarray,
+           bottom: np.ndarray | None, bv: np.ndarray | None) -> Message:
     if method == "sbc":
-        assert bottom is not None
-        return _sbc_message(v, top, bottom)
-    return _stc_message(v, top) if method == "stc" else _topk_message(v, top)
+        assert bottom is not None and bv is not None
+        return _sbc_message(v, top, tv, bottom, bv)
+    return _stc_message(v, top, tv) if method == "stc" else _topk_message(v, top, tv)
 
 
 def sbc(x: torch.Tensor | np.ndarray, p: float, *, method: str = "auto") -> Message:
@@ -385,6 +606,8 @@ class Compressor:
         if selection not in ("auto", "exact", "sampled"):
             raise InvalidOption(f"unknown selection method {selection!r}")
         self.selection = selection
+        #: fused selections whose sample mis-estimated the threshold (full partial selection)
+        self.fallbacks = 0
 
     def __call__(self, x: torch.Tensor | np.ndarray) -> Message:
         return _compress(self.method, _as_numpy_1d(x), self.p, self.selection)
@@ -395,43 +618,74 @@ class Compressor:
         update: torch.Tensor,
         momentum_buffer: torch.Tensor | None = None,
         momentum: float = 0.0,
+        *,
+        consume: bool = False,
     ) -> Message:
         """acc += d, then compress acc, where d = update, or with a momentum buffer u:
         u ← m·u + update, d = u (DGC momentum correction). The caller has checked that
         ``update`` is finite. For large CPU tensors this is one compiled pass that adds and
-        collects the candidates (thresholds from a sample of the new values)."""
+        collects the candidates (thresholds from a sample of the new values). ``consume``:
+        ``update`` is zeroed on return (in the fused pass, behind the read), so a caller
+        that writes the exchanged mean into the same memory needs no zeroing pass."""
         g = update.detach().reshape(-1)
         use_mom = momentum_buffer is not None and momentum != 0.0
         n = acc.numel()
         k = num_selected(n, self.p)
         fused = (
             acc.device.type == "cpu" and acc.dtype in (torch.float64, torch.float32)
-            and g.dtype == torch.float32 and self.method != "dense"
+            and g.dtype == torch.float32 and g.is_contiguous() and self.method != "dense"
             and _use_sampled(n, k, self.selection)
-            and (not use_mom or momentum_buffer.dtype == torch.float32)
+            and (not use_mom or (momentum_buffer.dtype == torch.float32
+                                 and momentum_buffer.is_contiguous()))
         )
+        small = (
+            not fused and acc.device.type == "cpu" and acc.dtype in (torch.float64, torch.float32)
+            and g.dtype == torch.float32 and g.is_contiguous() and self.method != "dense"
+            and 0 < k < n and not _use_sampled(n, k, self.selection)
+            and (not use_mom or (momentum_buffer.dtype == torch.float32
+                                 and momentum_buffer.is_contiguous()))
+        )
+        if small:  # two compiled calls instead of a dozen small array operations
+            a = acc.numpy()
+            un = momentum_buffer.numpy() if use_mom else np.empty(1, dtype=np.float32)
+            _accumulate(a, g.numpy(), un, np.float32(momentum), use_mom, consume)
+            two = self.method == "sbc"
+            top, tv = np.empty(k, np.int64), np.empty(k, a.dtype)
+            _top_small(a, k, 0 if two else 2, top, tv)
+            bottom = bv = None
+            if two:
+                bottom, bv = np.empty(k, np.int64), np.empty(k, a.dtype)
+                _top_small(a, k, 1, bottom, bv)
+            return _build(self.method, a, top, tv, bottom, bv)
         if not fused:
             if use_mom:
                 momentum_buffer.mul_(momentum).add_(g)
-                g = momentum_buffer
-            acc.add_(g)
+                acc.add_(momentum_buffer)
+            else:
+                acc.add_(g)
+            if consume:
+                g.zero_()
             return self(acc)
         a = acc.numpy()
-        gn = g.contiguous().numpy()
+        gn = g.numpy()
         un = momentum_buffer.numpy() if use_mom else np.empty(1, dtype=np.float32)
+        m = np.float32(momentum)
         s = _sample_index(n, 0)
-        d = (np.float32(momentum) * un[s] + gn[s]).astype(np.float32) if use_mom else gn[s]
+        sample = np.empty(s.size, dtype=a.dtype)
+        _sample_updated(a, gn, un, m, use_mom, s, sample)
         two = self.method == "sbc"
         use_abs = not two
-        hi, lo, cap = _thresholds(a[s] + d, n, k, use_abs)
-        if not two:
-            lo = -np.inf
+        hi, lo, cap = _thresholds(sample, n, k, use_abs, two)
         out_hi = np.empty(cap, dtype=np.int64)
+        val_hi = np.empty(cap, dtype=a.dtype)
         out_lo = np.empty(cap if two else 1, dtype=np.int64)
-        nh, nl = _accumulate_collect(a, gn, un, np.float32(momentum), use_mom, hi, lo, use_abs, cap,
-                                     out_hi, out_lo)
-        top, bottom = _finish(a, k, nh, nl, out_hi, out_lo, cap, use_abs, two)
-        return _build(self.method, a, top, bottom)
+        val_lo = np.empty(cap if two else 1, dtype=a.dtype)
+        nh, nl = _accumulate_collect(a, gn, un, m, use_mom, consume, use_abs, hi, lo,
+                                     _flag_chunk(), cap, out_hi, val_hi, out_lo, val_lo)
+        if not (k <= nh <= cap and (not two or k <= nl <= cap)):
+            self.fallbacks += 1
+        return _build(self.method, a,
+                      *_finish(a, k, nh, nl, out_hi, out_lo, cap, use_abs, two, val_hi, val_lo))
 
     def get_config(self) -> dict[str, Any]:
         return {"method": self.method, "p": self.p, "selection": self.selection}
@@ -525,10 +779,12 @@ class ResidualMemory:
         compressor: Compressor,
         momentum_buffer: torch.Tensor | None = None,
         momentum: float = 0.0,
+        *,
+        consume: bool = False,
     ) -> Message:
         """A += update (or the momentum-corrected u) and compress A, fused where possible;
         the caller subtracts the message once it was sent (``subtract``). No finiteness
-        check here: the caller checked ``update``."""
+        check here: the caller checked ``update``. ``consume``: zero ``update`` on return."""
         acc = self._acc.get(name)
         n = update.numel()
         if acc is None:
@@ -536,7 +792,8 @@ class ResidualMemory:
             self._acc[name] = acc
         elif acc.numel() != n:
             raise InvalidOption(f"update of {name!r} has {n} elements, residual has {acc.numel()}")
-        return compressor.accumulate_compress(acc, update, momentum_buffer, momentum)
+        return compressor.accumulate_compress(acc, update, momentum_buffer, momentum,
+                                              consume=consume)
 
     def compress(self, name: str, update: torch.Tensor, compressor: Compressor) -> Message:
         """Accumulate, compress, subtract what is sent; return the message."""
@@ -557,10 +814,19 @@ class ResidualMemory:
 
 
 def _subtract(acc: torch.Tensor, msg: Message, sign: int = -1) -> None:
-    """acc −= the message's float32 values (``sign=1`` adds them back)."""
+    """acc −= the message's float32 values (``sign=1`` adds them back); compiled on CPU."""
+    if msg.method != "dense" and acc.device.type == "cpu" and acc.is_contiguous() \
+            and acc.dtype in (torch.float64, torch.float32):
+        if msg.positions.size:
+            vals = msg.position_values() if msg.method in ("stc", "topk") else _NO_VALUES
+            _add_at(acc.numpy(), msg.positions, vals, np.float32(msg.scale), sign)
+        return
     vals = torch.from_numpy(msg.position_values()).to(device=acc.device, dtype=acc.dtype)
     if msg.method == "dense":
         acc.add_(vals, alpha=sign)
     elif msg.positions.size:
         idx = torch.from_numpy(msg.positions).to(acc.device)
         acc.index_add_(0, idx, vals, alpha=sign)
+
+
+_NO_VALUES = np.empty(0, dtype=np.float32)

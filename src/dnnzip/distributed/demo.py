@@ -184,9 +184,18 @@ def _train(rank: int, cfg: TrainConfig) -> dict[str, Any]:
     exch = (averager or state).exchanger if (averager or state) is not None else None
     timings = dict(exch.timings) if exch is not None else {}
     if exch is not None:
+        # per compressed step (hook: every step after the warm-up, all buckets together;
+        # averager: every sync): all of this worker's own work in the exchange — residual,
+        # selection, Golomb encode, decode of every worker's packet, averaging, the hook's
+        # bookkeeping — i.e. everything but the time inside the all-gathers
         exchanges = cfg.steps - cfg.warmup_steps if state is not None else averager.syncs
-        timings["compress_code_per_exchange"] = (
-            (timings["compress"] + timings["code"]) / max(1, exchanges))
+        own = timings["total"] - timings["collective"] + timings.get("hook_outside", 0.0)
+        timings["compress_code_per_step"] = own / max(1, exchanges)
+        per_step = list(exch.own_per_step.values())
+        timings["compress_code_median_step"] = float(np.median(per_step)) if per_step else 0.0
+        timings["compress_code_max_step"] = float(max(per_step)) if per_step else 0.0
+        timings["collective_per_step"] = timings["collective"] / max(1, exchanges)
+        timings["exchanges"] = exchanges
     return {
         "rank": rank,
         "accuracy": _accuracy(model, xte, yte),

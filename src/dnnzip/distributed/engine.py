@@ -6,6 +6,13 @@ packets; decodes *every* packet, its own included, and sums them in rank order. 
 therefore computes the mean from the same bytes in the same order, so replicas stay bitwise
 identical. The residual gives up what was sent only after the exchange succeeded, so a
 skipped round loses nothing.
+
+CPU fast path (float32 outputs laid out in one flat buffer, as a DDP bucket is): the fused
+compress pass zeroes the update memory behind its read when that memory is also the output,
+one compiled merge of all decoded packets (joint index space, increasing) writes each sent
+position of the flat buffer once, O(world·k) — no pass over the whole bucket besides the
+one compress pass. The result is bit for bit the one of the generic path: per position
+0 + v₀ + v₁ + … in rank order (float32), then divided by the world size.
 """
 
 from __future__ import annotations
@@ -16,10 +23,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from numba import njit
 
 from ..codec import InvalidOption
 from .comm import STATUS_NONFINITE, STATUS_OK, exchange_bytes, exchange_words
 from .core import (
+    SAMPLED_MIN_NUMEL,
     Message,
     NonFiniteUpdate,
     ResidualMemory,
@@ -29,12 +38,55 @@ from .core import (
     make_compressor,
 )
 from .ledger import BitLedger
-from .wire import PacketCodec, Slot
+from .wire import PacketCodec, RawPacket, Slot
 
 __all__ = ["Exchanger", "NONFINITE_MODES", "WIRES"]
 
 WIRES = ("golomb", "padded")
 NONFINITE_MODES = ("raise", "skip")
+_MODE = {"sbc": 0, "stc": 1, "topk": 2}
+_EMPTY_F32 = np.empty(0, dtype=np.float32)
+_EMPTY_BOOL = np.empty(0, dtype=np.bool_)
+
+
+@njit(cache=True)
+def _merge_mean(flat, positions, rank_start, offsets, starts, scales, negative, values, mode,
+                world):
+    """The mean of every worker's packet, written straight into the (zero) flat buffer.
+
+    ``positions``: all workers' increasing position lists (joint index space; slot j owns
+    [offsets[j], offsets[j+1])), worker r's at [rank_start[r], rank_start[r+1]). One merge
+    walks the union in increasing order; at each position the values of the workers that
+    sent it are summed in rank order, 0 + v₀ + v₁ + … (float32), then divided by ``world``
+    and stored once at starts[j] + p − offsets[j]. value: sbc → scales[r, j],
+    stc → ±scales[r, j] (negative), topk → values. O(world · |union|), every output
+    position touched once, in increasing order."""
+    w = rank_start.size - 1
+    head = rank_start[:w].copy()
+    last = np.iinfo(np.int64).max
+    j = 0
+    while True:
+        p = last
+        for r in range(w):
+            if head[r] < rank_start[r + 1] and positions[head[r]] < p:
+                p = positions[head[r]]
+        if p == last:
+            break
+        while p >= offsets[j + 1]:
+            j += 1
+        s = np.float32(0.0)
+        for r in range(w):
+            h = head[r]
+            if h < rank_start[r + 1] and positions[h] == p:
+                if mode == 0:
+                    v = scales[r, j]
+                elif mode == 1:
+                    v = -scales[r, j] if negative[h] else scales[r, j]
+                else:
+                    v = values[h]
+                s = np.float32(s + v)
+                head[r] = h + 1
+        flat[starts[j] + p - offsets[j]] = s / world
 
 
 class Exchanger:
@@ -67,7 +119,46 @@ class Exchanger:
             raise InvalidOption(f"residual_dtype must be float64 or float32, got {residual_dtype}")
         self.residual = ResidualMemory(residual_dtype)
         self._codecs: dict[tuple[Slot, ...], PacketCodec] = {}
-        self.timings = {"compress": 0.0, "code": 0.0, "calls": 0}
+        self._layouts: dict[tuple[Slot, ...], tuple[np.ndarray, list]] = {}
+        self._world: int | None = None
+        self.timings = _new_timings()
+        #: step → this worker's own seconds in that step's exchanges (all but the collectives)
+        self.own_per_step: dict[int, float] = {}
+        self.warm_up()
+
+    def warm_up(self) -> None:
+        """Run the whole compress → encode → decode → average path once on a dummy layout,
+        with and without momentum, without any collective: numba loads each compiled kernel
+        from its cache (or compiles it) on its first call — about a second in all for a
+        fresh process — and that one-time cost belongs to start-up, not to a training step."""
+        if self.method == "dense":
+            return
+        n = SAMPLED_MIN_NUMEL
+        gen = torch.Generator().manual_seed(0)
+        slots = (Slot("w", n, True), Slot("s", 8, True), Slot("b", 8, False))
+        codec = PacketCodec(slots, self.method, self.p)
+        comp = make_compressor(self.method, self.p, self.compressor.selection)
+        for momentum in (0.0, 0.9):
+            res = ResidualMemory(self.residual.dtype)
+            flat = torch.randn(n + 16, generator=gen)
+            ups = _split(flat, slots)
+            bufs = [torch.zeros(s.numel) for s in slots] if momentum else [None] * 3
+            msgs = [res.accumulate_compress(s.name, u, comp, b, momentum, consume=True)
+                    for s, u, b in zip(slots[:2], ups, bufs, strict=False)]
+            msgs.append(dense(ups[2]))
+            all_finite(ups[0])
+            for s, m in zip(slots[:2], msgs, strict=False):
+                _subtract(res.residual(s.name), m)
+                _subtract(res.residual(s.name), m, sign=1)
+            raw = codec.decode_raw(codec.encode(msgs)[0])
+            codec.decode_padded_raw(codec.encode_padded(msgs))
+            flat.zero_()
+            self._average_flat(codec, slots, [raw], flat, 1)
+
+    def reset_timings(self) -> None:
+        """Zero the per-phase clocks (see ``timings``, ``own_per_step``)."""
+        self.timings = _new_timings()
+        self.own_per_step = {}
 
     def config(self) -> dict[str, Any]:
         return {"method": self.method, "p": self.p, "wire": self.wire,
@@ -81,6 +172,19 @@ class Exchanger:
             self._codecs[slots] = codec
         return codec
 
+    def _layout(self, codec: PacketCodec, slots: tuple[Slot, ...]):
+        """Per compressed slot its first element in the flat output (joint-space offsets come
+        from the codec), and the dense slots' (start, numel)."""
+        lay = self._layouts.get(slots)
+        if lay is None:
+            first = np.concatenate([[0], np.cumsum([s.numel for s in slots])]).astype(np.int64)
+            starts = first[codec.compressed_index] if codec.compressed_index else \
+                np.empty(0, np.int64)
+            dense_at = [(int(first[i]), slots[i].numel) for i in codec.dense_index]
+            lay = (starts.astype(np.int64), dense_at)
+            self._layouts[slots] = lay
+        return lay
+
     def run(
         self,
         step: int,
@@ -92,24 +196,47 @@ class Exchanger:
         momentum: float = 0.0,
         momentum_buffers: dict[str, torch.Tensor] | None = None,
         out: Sequence[torch.Tensor] | None = None,
+        flat_out: torch.Tensor | None = None,
     ) -> tuple[list[torch.Tensor] | None, list[Message]]:
         """Exchange one round.
 
         ``updates`` are flat tensors; with ``momentum_buffers`` (name → u, created on first
         use) each update first goes through u ← m·u + update (DGC). ``out``: flat float32
-        tensors to write the means into (else new ones). Returns (means, or None when the
-        round was skipped because a worker had NaN/Inf; this worker's messages).
+        tensors to write the means into (else new ones); ``flat_out``: one tensor of which
+        ``out`` are the consecutive slices (a DDP bucket) — enables the compiled averaging.
+        An update that is its own output is consumed (zeroed) while it is compressed.
+        Returns (means, or None when the round was skipped because a worker had NaN/Inf;
+        this worker's messages).
         """
         t0 = time.perf_counter()
+        tm = self.timings
+        c0 = tm["collective"]
         slots = tuple(
             Slot(n, int(u.numel()), bool(c) and self.method != "dense")
             for n, u, c in zip(names, updates, compress, strict=True)
         )
         codec = self._codec(slots)
+        if self._world is None:  # a process group's size never changes
+            self._world = torch.distributed.get_world_size(self.group)
+        world = self._world
+        if out is None:
+            flat_out = torch.zeros(sum(s.numel for s in slots), dtype=torch.float32,
+                                   device=device)
+            out = _split(flat_out, slots)
+            zeroed = [True] * len(slots)
+        else:
+            out = list(out)
+            if flat_out is not None and (flat_out.numel() != sum(s.numel for s in slots)
+                                         or flat_out.dim() != 1):
+                raise InvalidOption("flat_out must be the 1-D concatenation of out")
+            zeroed = [False] * len(slots)
+        fast = (flat_out is not None and flat_out.device.type == "cpu"
+                and flat_out.dtype == torch.float32 and flat_out.is_contiguous()
+                and self.method != "dense")
         status = STATUS_OK if all(all_finite(u) for u in updates) else STATUS_NONFINITE
         messages: list[Message] = []
         if status == STATUS_OK:
-            for s, u in zip(slots, updates, strict=True):
+            for j, (s, u) in enumerate(zip(slots, updates, strict=True)):
                 buf = None
                 if momentum_buffers is not None and momentum:
                     buf = momentum_buffers.get(s.name)
@@ -117,21 +244,26 @@ class Exchanger:
                         buf = torch.zeros_like(u, dtype=torch.float32)
                         momentum_buffers[s.name] = buf
                 if s.compressed:
+                    consume = fast and not zeroed[j] and _same_memory(u, out[j])
                     messages.append(self.residual.accumulate_compress(
-                        s.name, u, self.compressor, buf, momentum))
+                        s.name, u, self.compressor, buf, momentum, consume=consume))
+                    zeroed[j] = zeroed[j] or consume
                 else:
                     if buf is not None:
                         u = buf.mul_(momentum).add_(u)
                     messages.append(dense(u))
+            if fast:  # every update has been read: the outputs may start at zero now
+                for j, o in enumerate(out):
+                    if not zeroed[j]:
+                        o.zero_()
         t1 = time.perf_counter()
-        world = torch.distributed.get_world_size(self.group)
         if self.wire == "golomb":
             payload, bits = codec.encode(messages) if status == STATUS_OK else (b"", 0)
             t2 = time.perf_counter()
-            statuses, packets, sent = exchange_bytes(payload, status, self.group, device)
+            statuses, packets, sent = exchange_bytes(payload, status, self.group, device, tm)
             t3 = time.perf_counter()
             ok = all(s == STATUS_OK for s in statuses)
-            decoded = [codec.decode(pk) for pk in packets] if ok else []
+            raws = [codec.decode_raw(pk) for pk in packets] if ok else []
         else:
             if status == STATUS_OK:
                 words = codec.encode_padded(messages, status)
@@ -141,41 +273,101 @@ class Exchanger:
                 words[0] = STATUS_NONFINITE
                 bits = 0
             t2 = time.perf_counter()
-            statuses, arrays, sent = exchange_words(words, self.group, device)
+            statuses, arrays, sent = exchange_words(words, self.group, device, tm)
             t3 = time.perf_counter()
             ok = all(s == STATUS_OK for s in statuses)
-            decoded = [codec.decode_padded(a) for a in arrays] if ok else []
+            raws = [codec.decode_padded_raw(a) for a in arrays] if ok else []
         self.ledger.record(step, golomb_bits=bits, sent_bytes=sent)
         if not ok:
             bad = [r for r, s in enumerate(statuses) if s != STATUS_OK]
+            if status == STATUS_OK:  # our accumulators took the update: give the message back
+                for s, m in zip(slots, messages, strict=True):
+                    if s.compressed:
+                        _subtract(self.residual.residual(s.name), m, sign=1)
+            self._clock(step, c0, t0, t1, t2, t3, time.perf_counter())
             if self.nonfinite == "raise":
                 raise NonFiniteUpdate(
                     f"step {step}: update of worker(s) {bad} holds NaN or Inf; no replica was "
                     "changed (use nonfinite='skip' to skip such rounds)"
                 )
-            if status == STATUS_OK:  # our accumulators took the update: give the message back
-                for s, m in zip(slots, messages, strict=True):
-                    if s.compressed:
-                        _subtract(self.residual.residual(s.name), m, sign=1)
             return None, []
         # every worker is fine: now the residual gives up what was sent
         for s, m in zip(slots, messages, strict=True):
             if s.compressed:
                 _subtract(self.residual.residual(s.name), m)
-        if out is None:
-            out = [torch.zeros(s.numel, dtype=torch.float32, device=device) for s in slots]
+        if fast:
+            self._average_flat(codec, slots, raws, flat_out, world)
         else:
             for o in out:
                 o.zero_()
-        for packet in decoded:  # rank order: identical sums on every worker
-            for o, m in zip(out, packet, strict=True):
-                m.add_to(o)
-        for o in out:
-            o.div_(world)
-        t4 = time.perf_counter()
-        self.timings["compress"] += t1 - t0
-        self.timings["code"] += (t2 - t1) + (t4 - t3)
-        self.timings["calls"] += 1
-        return list(out), messages
+            for raw in raws:  # rank order: identical sums on every worker
+                for o, m in zip(out, codec._assemble(*raw), strict=True):
+                    m.add_to(o)
+            for o in out:
+                o.div_(world)
+        self._clock(step, c0, t0, t1, t2, t3, time.perf_counter())
+        return out, messages
+
+    def _average_flat(self, codec: PacketCodec, slots: tuple[Slot, ...],
+                      raws: list[RawPacket], flat_out: torch.Tensor, world: int) -> None:
+        """flat_out (zero) ← mean of the packets: one compiled merge for the compressed
+        slots (see ``_merge_mean``), rank-order sums then one division for the dense ones."""
+        starts, dense_at = self._layout(codec, slots)
+        flat = flat_out.numpy()
+        if codec.compressed_index and any(raw.positions.size for raw in raws):
+            counts = [raw.positions.size for raw in raws]
+            rank_start = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+            positions = np.concatenate([raw.positions for raw in raws]).astype(np.int64,
+                                                                                copy=False)
+            scales = np.stack([codec.scale_per_compressed(raw.scales) if codec.scaled
+                               else np.zeros(len(codec.compressed_index), np.float32)
+                               for raw in raws])
+            negative = (np.concatenate([raw.negative for raw in raws])
+                        if self.method == "stc" else _EMPTY_BOOL)
+            values = (np.concatenate([raw.values for raw in raws]).astype(np.float32, copy=False)
+                      if self.method == "topk" else _EMPTY_F32)
+            _merge_mean(flat, positions, rank_start, codec.offsets, starts, scales, negative,
+                        values, _MODE[self.method], np.float32(world))
+        at = 0
+        for start, n in dense_at:
+            seg = flat[start : start + n]
+            for raw in raws:  # rank order: identical sums on every worker
+                seg += raw.dense_vals[at : at + n]
+            np.divide(seg, np.float32(world), out=seg)
+            at += n
+
+    def _clock(self, step: int, c0: float, t0: float, t1: float, t2: float, t3: float,
+               t4: float) -> None:
+        tm = self.timings
+        own = (t4 - t0) - (tm["collective"] - c0)
+        self.own_per_step[step] = self.own_per_step.get(step, 0.0) + own
+        tm["compress"] += t1 - t0
+        tm["encode"] += t2 - t1
+        tm["exchange"] += t3 - t2
+        tm["decode_average"] += t4 - t3
+        tm["total"] += t4 - t0
+        tm["calls"] += 1
+        tm["fallbacks"] = self.compressor.fallbacks
 
 
+def _new_timings() -> dict[str, float]:
+    """Seconds per phase, summed over calls. ``exchange`` holds ``collective`` (the time
+    inside the all-gathers: waiting for peers + transfer); everything else is this worker's
+    own compress + code work: ``total − collective``."""
+    return {"compress": 0.0, "encode": 0.0, "exchange": 0.0, "collective": 0.0,
+            "decode_average": 0.0, "total": 0.0, "calls": 0, "fallbacks": 0}
+
+
+def _split(flat: torch.Tensor, slots: Sequence[Slot]) -> list[torch.Tensor]:
+    views, at = [], 0
+    for s in slots:
+        views.append(flat[at : at + s.numel])
+        at += s.numel
+    return views
+
+
+def _same_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """a and b are the same float32 elements (the update is its own output)."""
+    return (a.device == b.device and a.dtype == b.dtype == torch.float32
+            and a.numel() == b.numel() and a.data_ptr() == b.data_ptr()
+            and a.is_contiguous() and b.is_contiguous())

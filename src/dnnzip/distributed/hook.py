@@ -20,6 +20,7 @@ NaN/Inf gradients: with ``nonfinite="raise"`` (default) every worker raises
 applies weight decay/momentum identically everywhere, so replicas stay equal).
 """
 
+import time
 from typing import Any
 
 import torch
@@ -141,8 +142,8 @@ def sbc_hook(state: "SBCState", bucket: dist.GradBucket) -> torch.futures.Future
 
     (No ``from __future__ import annotations`` in this module: DDP checks these annotations.)
     """
+    t0 = time.perf_counter()
     group = state.process_group
-    world = dist.get_world_size(group)
     buffer = bucket.buffer()
     step = state.iter
     if bucket.is_last():
@@ -156,7 +157,7 @@ def sbc_hook(state: "SBCState", bucket: dist.GradBucket) -> torch.futures.Future
         except Exception as exc:  # noqa: BLE001
             raise _wrap("dense warm-up all-reduce", exc) from exc
         state.ledger.record(step, golomb_bits=32 * n, sent_bytes=4 * n)
-        buffer.div_(world)
+        buffer.div_(dist.get_world_size(group))
         if n and not bool(torch.isfinite(buffer).all()):  # the same sum on every worker
             if state.exchanger.nonfinite == "raise":
                 raise NonFiniteUpdate(f"step {step}: a worker's gradient holds NaN or Inf")
@@ -174,15 +175,25 @@ def sbc_hook(state: "SBCState", bucket: dist.GradBucket) -> torch.futures.Future
     if at != n:
         raise InvalidOption(f"bucket buffer has {n} elements, its gradients {at}")
     compress = [v.numel() >= max(state.min_compress_numel, 1) for v in views]
+    t1 = time.perf_counter()
     means, messages = state.exchanger.run(
         step, names, views, compress, device=buffer.device, momentum=state.momentum,
-        momentum_buffers=state.momentum_buffers if state.momentum else None, out=views)
+        momentum_buffers=state.momentum_buffers if state.momentum else None, out=views,
+        flat_out=buffer)
+    t2 = time.perf_counter()
     if means is None:  # skipped round (nonfinite="skip")
         buffer.zero_()
-        return _completed(buffer)
-    if state.momentum:
+    elif state.momentum:
         for name, c, m in zip(names, compress, messages, strict=True):
             if c and m.positions.size:  # momentum factor masking: sent positions restart
                 u = state.momentum_buffers[name]
-                u[torch.from_numpy(m.positions).to(u.device)] = 0
+                if u.device.type == "cpu":
+                    u.numpy()[m.positions] = 0
+                else:
+                    u[torch.from_numpy(m.positions).to(u.device)] = 0
+    # the hook's own work around the exchange (bucket views, momentum masking)
+    outside = (t1 - t0) + time.perf_counter() - t2
+    ex = state.exchanger
+    ex.timings["hook_outside"] = ex.timings.get("hook_outside", 0.0) + outside
+    ex.own_per_step[step] = ex.own_per_step.get(step, 0.0) + outside
     return _completed(buffer)

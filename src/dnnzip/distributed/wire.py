@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -41,7 +42,7 @@ from ..coding.golomb import (
 )
 from .core import METHODS, Message, check_density, num_selected
 
-__all__ = ["PacketCodec", "Slot"]
+__all__ = ["PacketCodec", "RawPacket", "Slot"]
 
 _I32_MAX = (1 << 31) - 1
 
@@ -53,6 +54,21 @@ class Slot:
     name: str
     numel: int
     compressed: bool
+
+
+class RawPacket(NamedTuple):
+    """A decoded, validated packet before it is split per slot.
+
+    ``positions``: increasing, in the joint index space of the compressed slots (slot j owns
+    [offsets[j], offsets[j+1])); ``bounds[j]``: index of slot j's first position.
+    """
+
+    positions: np.ndarray
+    scales: np.ndarray | None
+    dense_vals: np.ndarray
+    values: np.ndarray | None
+    negative: np.ndarray | None
+    bounds: np.ndarray
 
 
 class PacketCodec:
@@ -77,7 +93,10 @@ class PacketCodec:
         self.scaled = method in ("sbc", "stc")
         self.scaled_index = [i for i in comp if self.slots[i].numel > 0] if self.scaled else []
         self.k = [num_selected(self.slots[i].numel, self.p) for i in comp]
+        self._k_array = np.array(self.k, dtype=np.int64)
         self.k_total = int(sum(self.k))
+        where = {i: j for j, i in enumerate(comp)}
+        self._scaled_in_compressed = np.array([where[i] for i in self.scaled_index], np.int64)
 
     # ---------------------------------------------------------------------------------------
     def _check(self, messages: Sequence[Message]) -> None:
@@ -140,15 +159,20 @@ class PacketCodec:
 
     def decode(self, data: bytes | bytearray | memoryview) -> list[Message]:
         """Messages (one per slot) from a Golomb packet; raises CorruptPayload."""
-        buf = memoryview(bytes(data))
+        return self._assemble(*self.decode_raw(data))
+
+    def decode_raw(self, data: bytes | bytearray | memoryview) -> RawPacket:
+        """The validated contents of a Golomb packet, not yet split per slot: (positions in
+        the joint index space, increasing; scales; dense values; topk values; stc signs)."""
+        buf = memoryview(data).cast("B")
         if self.method == "dense":
             if len(buf) != 4 * self.dense_numel:
                 raise CorruptPayload(
                     f"dense packet has {len(buf)} bytes, expected {4 * self.dense_numel}"
                 )
             dense_vals = np.frombuffer(buf, dtype="<f4").astype(np.float32)
-            return self._assemble(np.empty(0, np.int64), np.empty(0, np.float32), dense_vals,
-                                  None, None)
+            return self._validated(np.empty(0, np.int64), np.empty(0, np.float32), dense_vals,
+                                   None, None)
         head = 4 + 4 * len(self.scaled_index) + 4 * self.dense_numel
         if len(buf) < head:
             raise CorruptPayload(f"packet of {len(buf)} bytes is shorter than its {head}-byte head")
@@ -174,22 +198,36 @@ class PacketCodec:
             negative = negative.astype(bool)
             at += nb
         positions = decode_positions(buf[at:], c, self.b, self.compressed_numel)
-        return self._assemble(positions, scales, dense_vals, values, negative)
+        return self._validated(positions, scales, dense_vals, values, negative)
 
-    def _assemble(self, positions, scales, dense_vals, values, negative) -> list[Message]:
+    def _validated(self, positions, scales, dense_vals, values, negative) -> RawPacket:
+        """Reject non-finite floats and slots with more than k positions."""
         for arr, what in ((scales, "scale"), (dense_vals, "dense value"), (values, "value")):
             if arr is not None and arr.size and not np.isfinite(arr).all():
                 raise CorruptPayload(f"packet holds a non-finite {what}")
-        out: list[Message | None] = [None] * len(self.slots)
         bounds = np.searchsorted(positions, self.offsets)
+        counts = np.diff(bounds)
+        if counts.size and (counts > self._k_array).any():
+            j = int(np.argmax(counts > self._k_array))
+            raise CorruptPayload(
+                f"slot {self.slots[self.compressed_index[j]].name!r} has {int(counts[j])} "
+                f"positions, k = {self.k[j]}"
+            )
+        return RawPacket(positions, scales, dense_vals, values, negative, bounds)
+
+    def scale_per_compressed(self, scales: np.ndarray) -> np.ndarray:
+        """float32 scale of every compressed slot in order (0 for empty slots / topk)."""
+        out = np.zeros(len(self.compressed_index), dtype=np.float32)
+        if self.scaled_index:
+            out[self._scaled_in_compressed] = scales
+        return out
+
+    def _assemble(self, positions, scales, dense_vals, values, negative, bounds) -> list[Message]:
+        out: list[Message | None] = [None] * len(self.slots)
         scale_of = dict(zip(self.scaled_index, scales.tolist() if scales is not None else [],
                             strict=True))
         for j, i in enumerate(self.compressed_index):
             lo, hi = int(bounds[j]), int(bounds[j + 1])
-            if hi - lo > self.k[j]:
-                raise CorruptPayload(
-                    f"slot {self.slots[i].name!r} has {hi - lo} positions, k = {self.k[j]}"
-                )
             pos = positions[lo:hi] - self.offsets[j]
             scale = float(scale_of.get(i, 0.0))
             out[i] = Message(
@@ -247,6 +285,10 @@ class PacketCodec:
 
     def decode_padded(self, words: np.ndarray) -> list[Message]:
         """Messages from a padded packet (status word ignored here)."""
+        return self._assemble(*self.decode_padded_raw(words))
+
+    def decode_padded_raw(self, words: np.ndarray) -> RawPacket:
+        """The validated contents of a padded packet (as ``decode_raw``)."""
         words = np.asarray(words)
         if words.dtype != np.int32 or words.shape != (self.padded_words,):
             raise CorruptPayload(
@@ -255,7 +297,7 @@ class PacketCodec:
             )
         dense_vals = words[words.size - self.dense_numel :].view(np.float32)
         if self.method == "dense":
-            return self._assemble(np.empty(0, np.int64), None, dense_vals, None, None)
+            return self._validated(np.empty(0, np.int64), None, dense_vals, None, None)
         codes = words[1 : 1 + self.k_total].astype(np.int64)
         scales = words[1 + self.k_total : 1 + self.k_total + len(self.scaled_index)]
         scales = scales.view(np.float32)
@@ -279,4 +321,4 @@ class PacketCodec:
         if self.method != "stc" and (codes < 0).any():
             raise CorruptPayload("padded packet holds a negative code")
         values = topv[used][order] if topv is not None else None
-        return self._assemble(glob, scales, dense_vals, values, negative)
+        return self._validated(glob, scales, dense_vals, values, negative)

@@ -17,10 +17,11 @@ import numpy as np
 
 from ..codec import InvalidOption, Quantized
 
-#: work (stored elements × batch columns) under which the serial kernel is used when the
-#: caller left ``threads`` open: a parallel region costs 5-20 µs to start on an idle machine and
-#: milliseconds when the other cores are busy (the threads wait for a time slice), so only
-#: products of a few hundred µs are split by default. An explicit ``threads=k`` is obeyed.
+#: work (stored elements × batch columns) under which the serial kernel is used: a parallel
+#: region costs 5-20 µs to start on an idle machine and milliseconds when the other cores are
+#: busy (the threads wait for a time slice), so only products of a few hundred µs are split.
+#: ``threads=k`` is an upper bound, not an order (measured: benchmarks/formats.py, where two
+#: threads lost to one below this work on every layer).
 PARALLEL_MIN_WORK = 1 << 20
 
 
@@ -332,8 +333,42 @@ class MatrixFormat:
     def __matmul__(self, x: Any) -> np.ndarray:
         return self.dot(x)
 
-    def dot(self, x: Any, threads: int | None = None) -> np.ndarray:
-        """M·x for x of shape (n,) or (n, B); ``threads`` caps kernel threads (None: numba's)."""
+    #: lean mat-vec path, set by a format after its first 1-D product:
+    #: (compute dtype, n, m, nnz, call(x, y)) — see ``dot``
+    _lean: tuple | None = None
+
+    def dot(self, x: Any, threads: int | None = None, out: np.ndarray | None = None
+            ) -> np.ndarray:
+        """M·x for x of shape (n,) or (n, B).
+
+        threads: upper bound on kernel threads (None: numba's); a product below
+        ``PARALLEL_MIN_WORK`` runs on one thread whatever the bound, since starting a parallel
+        region costs more than it saves there. out: optional C-contiguous result array of
+        the product's shape and dtype (must not overlap x), filled and returned.
+
+        The common case — an exact, C-contiguous 1-D ndarray in the matrix's compute dtype, one
+        thread — skips the general checks and calls the cached compiled specialisation
+        directly (about 1 µs less per call, most of a small layer's mat-vec).
+        """
+        lean = self._lean
+        if lean is not None and type(x) is np.ndarray and x.dtype is lean[0]:
+            ndim = x.ndim
+            if (ndim == 1 and x.shape[0] == lean[1] and x.flags.carray
+                    and (threads == 1 or (threads is None and lean[3] < PARALLEL_MIN_WORK))):
+                if out is None:
+                    y = np.empty(lean[2], lean[0])
+                else:
+                    y = _check_out(out, (lean[2],), lean[0])
+                lean[4](x, y)
+                return y
+            if (ndim == 2 and out is None and x.shape[0] == lean[1] and x.shape[1] > 0
+                    and (threads == 1 or ((threads is None or threads > 1)
+                                          and lean[3] * x.shape[1] < PARALLEL_MIN_WORK))):
+                return self._product(x, False)  # batch kernels take any layout
+        return self._dot_general(x, threads, out)
+
+    def _dot_general(self, x: Any, threads: int | None, out: np.ndarray | None) -> np.ndarray:
+        """``dot`` with every check: any real dtype, layout, batch, thread count."""
         x = np.asarray(x)
         m, n = self.shape
         if x.ndim not in (1, 2):
@@ -348,25 +383,59 @@ class MatrixFormat:
         dtype = np.dtype(np.float32) if dtype == np.float32 else np.dtype(np.float64)
         if x.dtype != dtype or (x.ndim == 1 and not x.flags.c_contiguous):
             x = np.ascontiguousarray(x, dtype=dtype)
-        if m == 0 or n == 0 or x.size == 0:
-            return np.zeros((m,) if x.ndim == 1 else (m, x.shape[1]), dtype)
+        shape = (m,) if x.ndim == 1 else (m, x.shape[1])
+        if out is not None:
+            out = _check_out(out, shape, dtype)
         if threads is not None and threads < 1:
             raise InvalidOption(f"threads must be >= 1, got {threads}")
-        work = self.nnz * (1 if x.ndim == 1 else x.shape[1])
-        if threads == 1 or (threads is None and work < PARALLEL_MIN_WORK):
-            return self._product(x, False)
-        nthreads = numba.get_num_threads() if threads is None else threads
-        if nthreads == 1:
-            return self._product(x, False)
-        previous = numba.get_num_threads()
-        numba.set_num_threads(min(nthreads, numba.config.NUMBA_NUM_THREADS))
-        try:
-            return self._product(x, True)
-        finally:
-            numba.set_num_threads(previous)
+        if m == 0 or n == 0 or x.size == 0:
+            y = np.zeros(shape, dtype)
+        else:
+            work = self.nnz * (1 if x.ndim == 1 else x.shape[1])
+            if threads == 1 or work < PARALLEL_MIN_WORK:
+                y = self._product(x, False)
+            elif (nthreads := numba.get_num_threads() if threads is None else threads) == 1:
+                y = self._product(x, False)
+            else:
+                previous = numba.get_num_threads()
+                numba.set_num_threads(min(nthreads, numba.config.NUMBA_NUM_THREADS))
+                try:
+                    y = self._product(x, True)
+                finally:
+                    numba.set_num_threads(previous)
+        if out is None:
+            return y
+        out[...] = y
+        return out
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_lean", None)  # compiled entry points do not pickle; rebuilt on first use
+        return state
 
     def _product(self, x: np.ndarray, parallel: bool) -> np.ndarray:
         raise NotImplementedError
+
+
+def _check_out(out: Any, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    if type(out) is not np.ndarray or out.shape != shape or out.dtype != dtype:
+        raise ShapeMismatch(
+            f"out must be a {dtype} ndarray of shape {shape}, got "
+            f"{getattr(out, 'dtype', type(out).__name__)} {getattr(out, 'shape', '')}"
+        )
+    if not out.flags.carray:
+        raise InvalidOption("out must be C-contiguous, aligned and writeable")
+    return out
+
+
+def entry_point(dispatcher: Any, args: tuple) -> Any:
+    """The compiled specialisation of a numba ``dispatcher`` for ``args``, to call directly.
+
+    Calling it skips the per-call typing and overload lookup; the caller must then only pass
+    arguments of exactly these types. Falls back to the dispatcher if none is compiled yet.
+    """
+    cres = dispatcher.overloads.get(tuple(numba.typeof(a) for a in args))
+    return dispatcher if cres is None else cres.entry_point
 
 
 def batch_layout(x: np.ndarray, width: int) -> np.ndarray:

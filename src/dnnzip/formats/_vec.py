@@ -459,3 +459,64 @@ group_rows_matmat16 = _make_group_rows_matmat(16, 1)
 group_rows_matmat32 = _make_group_rows_matmat(16, 2)
 group_rows_matmat48 = _make_group_rows_matmat(16, 3)
 group_rows_matmat64 = _make_group_rows_matmat(16, 4)
+
+
+def _make_slice_panel(width: int, lanes: int):
+    @intrinsic
+    def slice_panel(typingctx, Xp, col, base, length, lane0, lane_w, lane_row, o, Yp):
+        """Batch form of ``slice_matvec`` on one column panel, ``lanes`` groups of a slice:
+        acc[g] = Σ_l Xp[col[base + 16·l + lane0 + g], :] for g < lanes, then
+        Yp[lane_row[o + lane0 + g], :] += lane_w[o + lane0 + g]·acc[g].
+
+        Xp (n+1) × width and Yp m × width are panels stored contiguously (row stride =
+        width, one or two AVX2 registers of float32), so each index selects one aligned
+        segment that stays in L1/L2 for the whole panel, and the ``lanes`` accumulators fit
+        the 16 vector registers of AVX2 with room for the loads.
+        """
+        _check_float_array(Xp, "Xp")
+        _check_index_array(col, "col")
+        sig = types.void(Xp, col, types.int64, types.int64, types.int64, lane_w, lane_row,
+                         types.int64, Yp)
+
+        def codegen(context, builder, signature, args):
+            Xv, cv, base_v, length_v, lane0_v, wv, rv, o_v, Yv = args
+            Xty, cty, _, _, _, wty, rty, _, Yty = signature.args
+            fty = context.get_value_type(Xty.dtype)
+            xp = _data(context, builder, Xty, Xv)
+            yp = _data(context, builder, Yty, Yv)
+            cp = _data(context, builder, cty, cv)
+            wp = _data(context, builder, wty, wv)
+            rp = _data(context, builder, rty, rv)
+            vt = _vec(fty, width)
+            zero = ir.Constant(vt, [0.0] * width)
+            accs = [cgutils.alloca_once_value(builder, zero) for _ in range(lanes)]
+            align = _esize(fty)
+            wide = ir.Constant(_i64, width)
+            start = builder.add(base_v, lane0_v)
+            with cgutils.for_range(builder, length_v) as loop:
+                k = builder.add(start, builder.mul(loop.index, ir.Constant(_i64, LANES)))
+                for g in range(lanes):
+                    r = builder.load(builder.gep(cp, [builder.add(k, ir.Constant(_i64, g))]))
+                    r = builder.zext(r, _i64) if r.type.width < 64 else r
+                    p = builder.gep(xp, [builder.mul(r, wide)])
+                    v = builder.load(builder.bitcast(p, ir.PointerType(vt)), align=align)
+                    builder.store(builder.fadd(builder.load(accs[g]), v), accs[g])
+            for g in range(lanes):
+                ol = builder.add(builder.add(o_v, lane0_v), ir.Constant(_i64, g))
+                w = builder.load(builder.gep(wp, [ol]))
+                r = builder.load(builder.gep(rp, [ol]))
+                r = builder.sext(r, _i64) if r.type.width < 64 else r
+                p = builder.bitcast(builder.gep(yp, [builder.mul(r, wide)]), ir.PointerType(vt))
+                scaled = builder.fmul(_splat(builder, w, width), builder.load(accs[g]))
+                builder.store(builder.fadd(builder.load(p, align=align), scaled), p, align=align)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return slice_panel
+
+
+#: panel widths and groups per pass of the panel batch kernel: 8 accumulator registers of
+#: AVX2 either way (8 groups × 8 floats, or 4 groups × 16 floats: fewer index loads per float)
+slice_panel8 = _make_slice_panel(8, 8)
+slice_panel16 = _make_slice_panel(16, 4)

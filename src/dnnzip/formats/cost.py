@@ -75,23 +75,35 @@ TIME_MODEL_BATCHES = (1, 8, 64)
 class TimeModel:
     """Predicted time of a product from its work and this machine's measured throughputs.
 
-    t(format, B) = work(format, B) / rate(format, B), with work the multiply-adds a kernel
-    performs: dense m·n·B, CSR nnz·B, CER/CSER nnz·B (each stored element added once per
-    column). Rates (work units per second) are measured by ``calibrate`` on synthetic
+    t(format, B) = t0(format, B) + work(format, B) / rate(format, B), with work the
+    multiply-adds a kernel performs: dense m·n·B, CSR nnz·B, CER/CSER nnz·B (each stored
+    element added once per column), and t0 the fixed cost of one call (checks, allocation,
+    dispatch) — measured on a 1 × 1 matrix, it decides small layers (a 100 × 300 mat-vec is
+    ~1 µs of work). Rates (work units per second) are measured by ``calibrate`` on synthetic
     90%-sparse 4-bit matrices, because they depend on the CPU: a dense BLAS product gains
     a lot from batching, a gather-bound sparse one little.
     """
 
     def __init__(self, rates: dict[str, tuple[float, ...]],
-                 batches: tuple[int, ...] = TIME_MODEL_BATCHES):
+                 batches: tuple[int, ...] = TIME_MODEL_BATCHES,
+                 overhead: dict[str, tuple[float, ...]] | None = None):
         self.rates = {k: tuple(float(r) for r in v) for k, v in rates.items()}
         self.batches = tuple(batches)
+        self.overhead = {k: tuple(float(t) for t in v) for k, v in (overhead or {}).items()}
 
-    def rate(self, fmt: str, batch: int) -> float:
+    def _interp(self, table: tuple[float, ...], batch: int) -> float:
         import numpy as np
 
-        r = self.rates["cser" if fmt == "cer" else fmt]
-        return float(np.exp(np.interp(np.log(max(batch, 1)), np.log(self.batches), np.log(r))))
+        return float(np.exp(np.interp(np.log(max(batch, 1)), np.log(self.batches),
+                                      np.log(table))))
+
+    def rate(self, fmt: str, batch: int) -> float:
+        return self._interp(self.rates["cser" if fmt == "cer" else fmt], batch)
+
+    def fixed(self, fmt: str, batch: int) -> float:
+        """Seconds of one call's fixed cost (0 when not calibrated)."""
+        t0 = self.overhead.get("cser" if fmt == "cer" else fmt)
+        return 0.0 if not t0 else self._interp(t0, batch)
 
     @staticmethod
     def work(fmt: str, shape: tuple[int, int], nnz: int, batch: int) -> int:
@@ -100,12 +112,12 @@ class TimeModel:
 
     def predict(self, fmt: str, shape: tuple[int, int], nnz: int, batch: int = 1) -> float:
         """Seconds for one product of a ``fmt`` matrix with ``nnz`` stored elements."""
-        return self.work(fmt, shape, nnz, batch) / self.rate(fmt, batch)
+        return self.fixed(fmt, batch) + self.work(fmt, shape, nnz, batch) / self.rate(fmt, batch)
 
     @classmethod
     def calibrate(cls, threads: int = 1, shape: tuple[int, int] = (768, 768),
                   repeats: int = 15, seed: int = 0) -> TimeModel:
-        """Measure dense/CSR/CSER throughputs on this machine (about a second)."""
+        """Measure dense/CSR/CSER throughputs and per-call costs on this machine (~1 s)."""
 
         import numpy as np
 
@@ -114,11 +126,11 @@ class TimeModel:
         from .dense import Dense
 
         rng = np.random.default_rng(seed)
-        m, n = shape
         levels = rng.integers(-7, 8, size=shape) * (rng.random(shape) < 0.1)
         w = (levels * 0.01).astype(np.float32)
         mats = {"dense": Dense(w), "csr": CSR.from_dense(w), "cser": CSER.from_dense(w)}
-        rates: dict[str, list[float]] = {k: [] for k in mats}
+        one = np.full((1, 1), 0.5, np.float32)
+        tiny = {"dense": Dense(one), "csr": CSR.from_dense(one), "cser": CSER.from_dense(one)}
         try:  # BLAS gets the same number of threads as our kernels
             from threadpoolctl import threadpool_limits
 
@@ -126,29 +138,49 @@ class TimeModel:
         except ImportError:
             limit = None
         try:
-            cls._measure(mats, rates, rng, shape, threads, repeats)
+            fixed = cls._measure(tiny, rng, threads, repeats)
+            total = cls._measure(mats, rng, threads, repeats)
         finally:
             if limit is not None:
                 limit.restore_original_limits()
-        return cls({k: tuple(v) for k, v in rates.items()})
+        rates = {k: tuple(cls.work(k, shape, mats[k].nnz, b) / max(t - t0, 1e-3 * t)
+                          for b, t, t0 in zip(TIME_MODEL_BATCHES, total[k], fixed[k],
+                                              strict=True))
+                 for k in mats}
+        return cls(rates, overhead=fixed)
 
-    @classmethod
-    def _measure(cls, mats, rates, rng, shape, threads, repeats) -> None:
+    @staticmethod
+    def _measure(mats, rng, threads, repeats) -> dict[str, tuple[float, ...]]:
+        """Fastest of ``repeats`` timings per format and batch, the formats interleaved.
+
+        The minimum, not the median: on a shared machine other processes only ever add time,
+        and interleaving gives every format the same conditions, so the ranking — all that
+        ``convert_model(format="auto")`` uses — is stable from one calibration to the next.
+        """
         import time
 
         import numpy as np
 
-        n = shape[1]
+        out: dict[str, list[float]] = {k: [] for k in mats}
         for b in TIME_MODEL_BATCHES:
-            x = rng.standard_normal((n, b) if b > 1 else n).astype(np.float32)
+            xs = {}
             for name, mat in mats.items():
-                mat.dot(x, threads=threads)
-                times = []
-                for _ in range(repeats):
+                n = mat.shape[1]
+                xs[name] = rng.standard_normal((n, b) if b > 1 else n).astype(np.float32)
+                mat.dot(xs[name], threads=threads)
+                mat.dot(xs[name], threads=threads)
+            best = {k: float("inf") for k in mats}
+            for _ in range(repeats):
+                for name, mat in mats.items():
+                    inner = 20 if mat.nnz < 100 else 2
+                    x = xs[name]
                     t0 = time.perf_counter()
-                    mat.dot(x, threads=threads)
-                    times.append(time.perf_counter() - t0)
-                rates[name].append(cls.work(name, shape, mat.nnz, b) / float(np.median(times)))
+                    for _ in range(inner):
+                        mat.dot(x, threads=threads)
+                    best[name] = min(best[name], (time.perf_counter() - t0) / inner)
+            for name in mats:
+                out[name].append(best[name])
+        return {k: tuple(v) for k, v in out.items()}
 
 
 _DEFAULT_MODEL: dict[int, TimeModel] = {}

@@ -20,6 +20,7 @@ them (see ``kernels``): the same groups, interleaved 16 at a time for SIMD.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +38,7 @@ from ._base import (
     _value_dtype,
     batch_layout,
     batch_width,
+    entry_point,
     index_dtype,
 )
 from ._vec import LANES
@@ -45,8 +47,11 @@ from ._vec import LANES
 CER_MAX_GROUP_FACTOR = 64
 #: rows per parallel task of the row-wise batch kernel
 ROW_BLOCK = 16
-#: from this batch on, "auto" uses the row-wise batch kernel (measured: benchmarks/formats.py)
+#: "auto" batch kernel: the panel kernel, except from ROWS_MIN_BATCH columns on matrices of
+#: fewer than ROWS_MAX_NNZ elements, where packing X into panels costs more than it saves and
+#: the row-wise kernel wins (measured: benchmarks/formats.py, ``batch_ablation``)
 ROWS_MIN_BATCH = 32
+ROWS_MAX_NNZ = 8000
 
 
 @dataclass(frozen=True)
@@ -136,19 +141,39 @@ class SlicedPlan:
         """Stored column slots including padding (vs. nnz)."""
         return int(self.col.shape[0])
 
+    def packed(self, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(col, meta, lane_wz): the plan in the three arrays of ``kernels.packed_matvec``."""
+        key = ("packed", np.dtype(dtype))
+        got = self._scratch.get(key)
+        if got is None:
+            nblk, nsl = self.blk_ptr.shape[0] - 1, self.sl_ptr.shape[0]
+            parts = [np.array([nblk, nsl]), self.blk_ptr, self.sl_ptr, self.sl_len, self.lane_row]
+            wide = max(int(self.col.shape[0]), self.shape[0]) >= 2**31 - 1
+            meta = np.concatenate([p.astype(np.int64) for p in parts]).astype(
+                np.int64 if wide else np.int32)
+            lane_wz = np.append(self.lane_weights(np.dtype(dtype)), self.omega0).astype(dtype)
+            got = self._scratch[key] = (self.col, meta, lane_wz)
+        return got
+
+    def matvec_call(self, dtype: np.dtype):
+        """call(x, y): y = M·x on one thread through the compiled specialisation for ``dtype``
+        (x C-contiguous of length n, y of length m, both ``dtype``), for the lean path."""
+        dtype = np.dtype(dtype)
+        arrays = self.packed(dtype)
+        x, y = np.zeros(self.shape[1], dtype), np.empty(self.shape[0], dtype)
+        kernels.packed_matvec(*arrays, x, y)  # compile (or load from the cache) once
+        return functools.partial(entry_point(kernels.packed_matvec, (*arrays, x, y)), *arrays)
+
     def product(self, x: np.ndarray, parallel: bool) -> np.ndarray:
         """M·x for x (n,) or (n, B), already contiguous in the compute dtype."""
         m = self.shape[0]
-        lane_w = self.lane_weights(x.dtype)
-        args = (self.col, self.sl_ptr, self.sl_len, lane_w, self.lane_row, self.blk_ptr)
         if x.ndim == 1:
             y = np.empty(m, x.dtype)
-            xe = self._scratch.get(x.dtype)
-            if xe is None:
-                xe = self._scratch[x.dtype] = np.empty(self.shape[1] + 1, x.dtype)
-            (kernels.sliced_matvec_par if parallel else kernels.sliced_matvec)(
-                *args, x, xe, y, self.omega0)
+            (kernels.packed_matvec_par if parallel else kernels.packed_matvec)(
+                *self.packed(x.dtype), x, y)
             return y
+        lane_w = self.lane_weights(x.dtype)
+        args = (self.col, self.sl_ptr, self.sl_len, lane_w, self.lane_row, self.blk_ptr)
         b = x.shape[1]
         width = batch_width(x.dtype, b)
         xe = batch_layout(x, width)
@@ -175,7 +200,8 @@ class _Grouped(MatrixFormat):
     rowPtr: np.ndarray
     _plan: SlicedPlan | None = None
     #: batch products: "sliced" (16 groups per slice: wins for small batches and short groups),
-    #: "rows" (row-wise groups, up to 64 output columns in registers), or "auto" (by batch size)
+    #: "rows" (row-wise groups, up to 64 output columns in registers), "panel" (sliced groups
+    #: on 8-column panels of X held contiguously), or "auto" (by batch size)
     batch_kernel: str = "auto"
 
     @property
@@ -238,7 +264,22 @@ class _Grouped(MatrixFormat):
 
     def _product(self, x: np.ndarray, parallel: bool) -> np.ndarray:
         mode = self.batch_kernel
-        if x.ndim == 1 or mode == "sliced" or (mode == "auto" and x.shape[1] < ROWS_MIN_BATCH):
+        if x.ndim == 1:
+            y = self.plan.product(x, parallel)
+            if self._lean is None and x.dtype == self.dtype:
+                self._lean = (np.dtype(self.dtype.name), self.shape[1], self.shape[0], self.nnz,
+                              self.plan.matvec_call(self.dtype))
+            return y
+        if mode == "panel" or (mode == "auto" and (x.shape[1] < ROWS_MIN_BATCH
+                                                   or self.nnz >= ROWS_MAX_NNZ)):
+            y = np.empty((self.shape[0], x.shape[1]), x.dtype)
+            if x.shape[1] <= 8:
+                kern = kernels.panel_matmat8_par if parallel else kernels.panel_matmat8
+            else:
+                kern = kernels.panel_matmat16_par if parallel else kernels.panel_matmat16
+            kern(*self.plan.packed(x.dtype), x, y)
+            return y
+        if mode == "sliced":
             return self.plan.product(x, parallel)
         # batch: row by row on the storage arrays, up to 64 output columns in registers
         m = self.shape[0]

@@ -7,6 +7,7 @@ Storage N(1−p0)(b_value + b_index) + (m+1)·b_ptr bits (SPEC §3).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,7 @@ from ._base import (
     _value_dtype,
     batch_layout,
     batch_width,
+    entry_point,
     index_dtype,
 )
 
@@ -150,10 +152,15 @@ class CSR(MatrixFormat):
         m = self.shape[0]
         if x.ndim == 1:
             y = np.empty(m, x.dtype)
+            arrays = (self.data, self.indices, self.indptr)
             if parallel:
-                kernels.csr_matvec_par(self.data, self.indices, self.indptr, x, y, ROW_BLOCK)
+                kernels.csr_matvec_par(*arrays, x, y, ROW_BLOCK)
             else:
-                kernels.csr_matvec(self.data, self.indices, self.indptr, x, y)
+                kernels.csr_matvec(*arrays, x, y)
+                if self._lean is None and x.dtype == self.data.dtype:
+                    call = entry_point(kernels.csr_matvec, (*arrays, x, y))
+                    self._lean = (np.dtype(x.dtype.name), self.shape[1], m, self.nnz,
+                                  functools.partial(call, *arrays))
             return y
         b = x.shape[1]
         width = batch_width(x.dtype, b)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -75,4 +76,8 @@ class Dense(MatrixFormat):
         )
 
     def _product(self, x: np.ndarray, parallel: bool) -> np.ndarray:
+        if x.ndim == 1 and self._lean is None and x.dtype == self.a.dtype:
+            m, n = self.shape
+            self._lean = (np.dtype(self.a.dtype.name), n, m, m * n,
+                          functools.partial(np.matmul, self.a))
         return self.a.astype(x.dtype, copy=False) @ x

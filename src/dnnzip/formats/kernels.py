@@ -30,7 +30,6 @@ from ._vec import (
     group_rows_matmat16,
     group_rows_matmat32,
     group_rows_matmat48,
-    group_rows_matmat64,
     group_sum,
     row_axpy8,
     row_axpy16,
@@ -38,6 +37,8 @@ from ._vec import (
     slice_matmat8,
     slice_matmat16,
     slice_matvec,
+    slice_panel8,
+    slice_panel16,
 )
 
 # ----------------------------------------------------------------------------- naive references
@@ -118,6 +119,163 @@ def sliced_matvec_par(col, sl_ptr, sl_len, lane_w, lane_row, blk_ptr, x, xe, y, 
     _prepare_vec(x, xe, y, omega0)
     for b in prange(blk_ptr.shape[0] - 1):
         _sliced_block_vec(b, col, sl_ptr, sl_len, lane_w, lane_row, blk_ptr, xe, y)
+
+
+# ----------------------------------------------------------------------------- packed plan
+#
+# The same sliced kernels on a plan packed into three arrays, so a call passes five arguments
+# instead of ten: numba's dispatcher spends ~70 ns typing and unboxing each argument, which is
+# a third of a 100×300 mat-vec. ``meta`` (int32, or int64 past 2³¹ slots) holds
+# [nblk, nsl, blk_ptr (nblk+1), sl_ptr (nsl), sl_len (nsl), lane_row (16·nsl)]; ``lane_wz`` is
+# lane_w with ω0 appended. The x + padding-zero scratch is allocated inside the kernel.
+
+
+@njit(inline="always")
+def _unpack(meta):
+    nblk = np.int64(meta[0])
+    nsl = np.int64(meta[1])
+    o = 2
+    blk_ptr = meta[o:o + nblk + 1]
+    o += nblk + 1
+    sl_ptr = meta[o:o + nsl]
+    o += nsl
+    sl_len = meta[o:o + nsl]
+    o += nsl
+    lane_row = meta[o:o + nsl * LANES]
+    return blk_ptr, sl_ptr, sl_len, lane_row
+
+
+@njit(cache=True, fastmath=True)
+def packed_matvec(col, meta, lane_wz, x, y):
+    """``sliced_matvec`` on a packed plan: y = Σ_groups (ω − ω0)·Σ x[cols] + ω0·Σx."""
+    blk_ptr, sl_ptr, sl_len, lane_row = _unpack(meta)
+    xe = np.empty(x.shape[0] + 1, x.dtype)
+    _prepare_vec(x, xe, y, lane_wz[lane_wz.shape[0] - 1])
+    for b in range(blk_ptr.shape[0] - 1):
+        _sliced_block_vec(b, col, sl_ptr, sl_len, lane_wz, lane_row, blk_ptr, xe, y)
+
+
+@njit(cache=True, fastmath=True, parallel=True)
+def packed_matvec_par(col, meta, lane_wz, x, y):
+    """Parallel ``packed_matvec``: one row block per task."""
+    blk_ptr, sl_ptr, sl_len, lane_row = _unpack(meta)
+    xe = np.empty(x.shape[0] + 1, x.dtype)
+    _prepare_vec(x, xe, y, lane_wz[lane_wz.shape[0] - 1])
+    for b in prange(blk_ptr.shape[0] - 1):
+        _sliced_block_vec(b, col, sl_ptr, sl_len, lane_wz, lane_row, blk_ptr, xe, y)
+
+
+@njit(inline="always")
+def _pack_panels(x, width):
+    """x (n × B, any layout) → Xp (P, n + 1, width): column panels stored contiguously, the
+    last row and the columns past B zero (padded lanes and columns read zeros)."""
+    n, b = x.shape
+    npanel = (b + width - 1) // width
+    xp = np.zeros((npanel, n + 1, width), x.dtype)
+    for p in range(npanel):
+        c0 = p * width
+        c1 = min(b, c0 + width)
+        for j in range(n):
+            for c in range(c0, c1):
+                xp[p, j, c - c0] = x[j, c]
+    return xp
+
+
+@njit(inline="always")
+def _unpack_panels(yp, x, omega0, y):
+    """y = Yp back in (m × B) + ω0·Σ_j x[j, :] (the implicit value, skipped when ω0 = 0)."""
+    m, b = y.shape
+    width = yp.shape[2]
+    for p in range(yp.shape[0]):
+        c0 = p * width
+        c1 = min(b, c0 + width)
+        for i in range(m):
+            for c in range(c0, c1):
+                y[i, c] = yp[p, i, c - c0]
+    if omega0 != 0:
+        colsum = np.zeros(b, np.float64)
+        for j in range(x.shape[0]):
+            for c in range(b):
+                colsum[c] += x[j, c]
+        for i in range(m):
+            for c in range(b):
+                y[i, c] += omega0 * colsum[c]
+
+
+@njit(inline="always", fastmath=True)
+def _panel_block8(b, col, sl_ptr, sl_len, lane_wz, lane_row, blk_ptr, xp, yp):
+    for p in range(xp.shape[0]):
+        xq = xp[p]
+        yq = yp[p]
+        for sl in range(blk_ptr[b], blk_ptr[b + 1]):
+            base, length, o = np.int64(sl_ptr[sl]), np.int64(sl_len[sl]), np.int64(sl * LANES)
+            for g0 in range(0, LANES, 8):
+                slice_panel8(xq, col, base, length, np.int64(g0), lane_wz, lane_row, o, yq)
+
+
+@njit(inline="always", fastmath=True)
+def _panel_block16(b, col, sl_ptr, sl_len, lane_wz, lane_row, blk_ptr, xp, yp):
+    for p in range(xp.shape[0]):
+        xq = xp[p]
+        yq = yp[p]
+        for sl in range(blk_ptr[b], blk_ptr[b + 1]):
+            base, length, o = np.int64(sl_ptr[sl]), np.int64(sl_len[sl]), np.int64(sl * LANES)
+            for g0 in range(0, LANES, 4):
+                slice_panel16(xq, col, base, length, np.int64(g0), lane_wz, lane_row, o, yq)
+
+
+# One kernel per panel width: a run-time choice between the two inside one loop nest cost
+# 30-90 % (measured), so the width is fixed at compile time.
+
+
+@njit(cache=True, fastmath=True)
+def panel_matmat8(col, meta, lane_wz, x, y):
+    """Y = M·X on a packed plan, X (n × B) cut into 8-column panels stored contiguously.
+
+    Per panel, a slice's 16 groups are done in two passes of 8 lanes: 8 accumulators of one
+    AVX2 register each (no spills), and the (n + 1) × 8 panel of X and the m × 8 panel of Y
+    stay in L1/L2 while all slices stream by. y = Σ_groups (ω − ω0)·ΣX + ω0·ΣX.
+    """
+    blk_ptr, sl_ptr, sl_len, lane_row = _unpack(meta)
+    xp = _pack_panels(x, 8)
+    yp = np.zeros((xp.shape[0], y.shape[0], 8), x.dtype)
+    for blk in range(blk_ptr.shape[0] - 1):
+        _panel_block8(blk, col, sl_ptr, sl_len, lane_wz, lane_row, blk_ptr, xp, yp)
+    _unpack_panels(yp, x, lane_wz[lane_wz.shape[0] - 1], y)
+
+
+@njit(cache=True, fastmath=True, parallel=True)
+def panel_matmat8_par(col, meta, lane_wz, x, y):
+    """Parallel ``panel_matmat8``: one row block per task (blocks own disjoint rows)."""
+    blk_ptr, sl_ptr, sl_len, lane_row = _unpack(meta)
+    xp = _pack_panels(x, 8)
+    yp = np.zeros((xp.shape[0], y.shape[0], 8), x.dtype)
+    for blk in prange(blk_ptr.shape[0] - 1):
+        _panel_block8(blk, col, sl_ptr, sl_len, lane_wz, lane_row, blk_ptr, xp, yp)
+    _unpack_panels(yp, x, lane_wz[lane_wz.shape[0] - 1], y)
+
+
+@njit(cache=True, fastmath=True)
+def panel_matmat16(col, meta, lane_wz, x, y):
+    """``panel_matmat8`` on 16-column panels, 4 lanes per pass (two registers per group):
+    half the index loads per float, for batches above 8."""
+    blk_ptr, sl_ptr, sl_len, lane_row = _unpack(meta)
+    xp = _pack_panels(x, 16)
+    yp = np.zeros((xp.shape[0], y.shape[0], 16), x.dtype)
+    for blk in range(blk_ptr.shape[0] - 1):
+        _panel_block16(blk, col, sl_ptr, sl_len, lane_wz, lane_row, blk_ptr, xp, yp)
+    _unpack_panels(yp, x, lane_wz[lane_wz.shape[0] - 1], y)
+
+
+@njit(cache=True, fastmath=True, parallel=True)
+def panel_matmat16_par(col, meta, lane_wz, x, y):
+    """Parallel ``panel_matmat16``: one row block per task (blocks own disjoint rows)."""
+    blk_ptr, sl_ptr, sl_len, lane_row = _unpack(meta)
+    xp = _pack_panels(x, 16)
+    yp = np.zeros((xp.shape[0], y.shape[0], 16), x.dtype)
+    for blk in prange(blk_ptr.shape[0] - 1):
+        _panel_block16(blk, col, sl_ptr, sl_len, lane_wz, lane_row, blk_ptr, xp, yp)
+    _unpack_panels(yp, x, lane_wz[lane_wz.shape[0] - 1], y)
 
 
 @njit(inline="always", fastmath=True)
@@ -222,8 +380,9 @@ def _group_rows_block(r0, r1, Xe, colI, OmegaPtr, gw, rowPtr, Y):
         j0 = 0
         while j0 < bp:
             left = bp - j0
-            if left >= 64:
-                group_rows_matmat64(Xe, colI, OmegaPtr, gw, g0, g1, np.int64(j0), Y, ii)
+            if left >= 64:  # 64 columns as two 32-column passes: 64 in registers spill on AVX2
+                group_rows_matmat32(Xe, colI, OmegaPtr, gw, g0, g1, np.int64(j0), Y, ii)
+                group_rows_matmat32(Xe, colI, OmegaPtr, gw, g0, g1, np.int64(j0 + 32), Y, ii)
                 j0 += 64
             elif left == 48:
                 group_rows_matmat48(Xe, colI, OmegaPtr, gw, g0, g1, np.int64(j0), Y, ii)
@@ -240,8 +399,8 @@ def _group_rows_block(r0, r1, Xe, colI, OmegaPtr, gw, rowPtr, Y):
 def grouped_matmat(Xe, colI, OmegaPtr, gw, rowPtr, Y):
     """Y += Σ_groups gw[g]·Σ Xe[colI[group], :] row by row; Xe row-major, width 8 or 16·k.
 
-    gw[g] is the group's (ω − ω0). Each row keeps up to 64 output columns in registers while
-    its groups stream by: the batch counterpart of the mat-vec's value grouping.
+    gw[g] is the group's (ω − ω0). Each row keeps up to 32 output columns in registers while
+    its groups stream by (as 32-column passes: 64 would spill the 16 AVX2 registers).
     """
     _group_rows_block(0, rowPtr.shape[0] - 1, Xe, colI, OmegaPtr, gw, rowPtr, Y)
 

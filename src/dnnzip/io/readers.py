@@ -161,6 +161,17 @@ def open_model(source: object) -> TensorSource:
     raise ModelReadError(f"{path}: not a model file (expected .safetensors, .pt or .pth)")
 
 
+def _load_error_reason(exc: BaseException) -> str:
+    """The cause in torch.load's error, without its advice to load with weights_only=False
+    (which would run arbitrary code from the file: dnnzip never does)."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        cause = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation")[0]
+        cause = " ".join(cause.split())
+        return f"refused by the weights-only unpickler: {cause}" if cause else "refused"
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def _torch_source(path: Path) -> DictSource:
     try:
         try:
@@ -170,6 +181,7 @@ def _torch_source(path: Path) -> DictSource:
                 raise
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle/zip errors come in many types
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ModelReadError(f"{path}: not a readable PyTorch state_dict ({msg})") from exc
+        raise ModelReadError(
+            f"{path}: not a readable PyTorch state_dict ({_load_error_reason(exc)})"
+        ) from exc
     return DictSource(_unwrap_checkpoint(obj, path), str(path))

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
+from numba import njit, prange
 
 from ..codec import Codec, CorruptPayload, InvalidOption, Quantized, register
 from ..coding import cabac
@@ -35,25 +35,60 @@ DEFAULT_LAM = 0.1
 DEFAULT_DQ_LAM = 0.2
 
 
-@dataclass
 class EncodeInfo:
-    """What one encode produced (for reports and benchmarks)."""
+    """What one encode produced (for reports and benchmarks). ``recon`` (the integer
+    reconstructions r, value = r·Δ) is derived from the levels on first use: most encodes
+    never read it, and it is a serial pass over the tensor."""
 
-    nbytes: int
-    ideal_bits: float
-    levels: np.ndarray
-    recon: np.ndarray
+    def __init__(self, nbytes: int, ideal_bits: float, levels: np.ndarray,
+                 recon: np.ndarray | None = None, dq_chunk: int = 0) -> None:
+        self.nbytes = nbytes
+        self.ideal_bits = ideal_bits
+        self.levels = levels
+        self._recon = recon
+        self._dq_chunk = dq_chunk
+
+    @property
+    def recon(self) -> np.ndarray:
+        if self._recon is None:
+            self._recon = dq_recon(self.levels, self._dq_chunk)
+        return self._recon
 
 
-def _float_view(array: np.ndarray, name: str = "") -> np.ndarray:
+@njit(cache=True, parallel=True, nogil=True)
+def _scan(w):
+    """(count of non-finite values, max |w| over the finite ones) in one parallel pass."""
+    nb = 64
+    block = -(-w.size // nb)
+    bad = np.zeros(nb, dtype=np.int64)
+    top = np.zeros(nb, dtype=np.float32)
+    for b in prange(nb):
+        c = 0
+        m = np.float32(0.0)
+        for i in range(b * block, min(w.size, (b + 1) * block)):
+            v = w[i]
+            if not np.isfinite(v):
+                c += 1
+            elif abs(v) > m:
+                m = abs(v)
+        bad[b] = c
+        top[b] = m
+    return bad.sum(), top.max()
+
+
+def _float_view(array: np.ndarray, name: str = "") -> tuple[np.ndarray, float]:
+    """Flat contiguous float32 view of ``array`` and its max |w| (NaN/Inf refused)."""
     a = np.asarray(array)
     if a.dtype.kind != "f" and not str(a.dtype).startswith("bfloat"):
         raise InvalidOption(f"DeepCABAC codes float tensors, got {a.dtype}{_tag(name)}")
     a = np.ascontiguousarray(a, dtype=np.float32).reshape(-1)
-    if a.size and not np.isfinite(a).all():
-        bad = int(np.count_nonzero(~np.isfinite(a)))
-        raise InvalidOption(f"tensor{_tag(name)} has {bad} NaN/Inf values; refusing to code it")
-    return a
+    if not a.size:
+        return a, 0.0
+    bad, peak = _scan(a)
+    if bad:
+        raise InvalidOption(f"tensor{_tag(name)} has {int(bad)} NaN/Inf values; refusing to "
+                            f"code it")
+    return a, float(peak)
 
 
 def _tag(name: str) -> str:
@@ -87,7 +122,7 @@ def encode_array(array: np.ndarray, step: float, *, lam: float = 0.0, dq: bool =
     """Quantize and code ``array`` (any shape) with step Δ. Returns (stream, info).
 
     Rows are the first dimension unless ``row_len`` is given."""
-    w = _float_view(array, name)
+    w, wmax = _float_view(array, name)
     if not (isinstance(step, (int, float)) and math.isfinite(step) and step > 0):
         raise InvalidOption(f"step must be a positive finite number, got {step!r}")
     if not (math.isfinite(lam) and lam >= 0):
@@ -95,11 +130,13 @@ def encode_array(array: np.ndarray, step: float, *, lam: float = 0.0, dq: bool =
     shape = np.shape(array)
     rl = row_length(shape) if row_len is None else int(row_len)
     params = cabac.StreamParams(n=w.size, row_len=rl, step=float(step), g=int(g),
-                                ctx_mode=int(ctx_mode), dq=bool(dq), chunk=int(chunk),
+                                ctx_mode=int(ctx_mode), dq=bool(dq),
+                                chunk=cabac.balanced_chunk(w.size, int(chunk)),
                                 shifts=(int(shifts[0]), int(shifts[1])))
     params.validate()
-    x = (w / np.float32(step)).astype(np.float32)
-    peak = float(np.abs(x).max()) if x.size else 0.0
+    # max |w/Δ| = fl(max|w| / Δ): float division by a positive constant is monotone
+    sc = np.float32(step)
+    peak = float(np.float32(wmax) / sc)
     limit = cabac.MAX_LEVEL - 2
     if peak > limit:
         raise InvalidOption(f"step {step:g} is too small for tensor{_tag(name)} (max |w|/step = "
@@ -110,14 +147,14 @@ def encode_array(array: np.ndarray, step: float, *, lam: float = 0.0, dq: bool =
                                    np.zeros(0, np.int64), np.zeros(0, np.int64))
         return stream, EncodeInfo(len(stream), 0.0, np.zeros(0, np.int32), np.zeros(0, np.int32))
     if not dq and lam == 0.0:
-        levels = np.rint(x).astype(np.int32)
+        levels = np.rint(w / sc).astype(np.int32)
         stream, ideal = cabac.encode_levels(levels, params, measure=measure)
         return stream, EncodeInfo(len(stream), ideal, levels, levels)
     per = 2.0
     while True:
         buf, offs = cabac.alloc_chunks(w.size, params.chunk, per)
         runner = dq_encode if dq else rdoq_encode
-        levels, nbytes, checks, ideal = runner(x, fw, rl, params.chunk, lam, params.g,
+        levels, nbytes, checks, ideal = runner(w, sc, fw, rl, params.chunk, lam, params.g,
                                                params.ctx_mode, params.shifts, buf, offs,
                                                measure)
         cap = np.diff(offs)
@@ -125,8 +162,9 @@ def encode_array(array: np.ndarray, step: float, *, lam: float = 0.0, dq: bool =
             break
         per = float(np.max(nbytes / np.maximum(cap - 64, 1))) * per + 1.0
     stream = cabac.pack_stream(params, buf, offs, nbytes, checks)
-    recon = dq_recon(levels, params.chunk) if dq else levels
-    return stream, EncodeInfo(len(stream), float(ideal.sum()), levels, recon)
+    if dq:
+        return stream, EncodeInfo(len(stream), float(ideal.sum()), levels, None, params.chunk)
+    return stream, EncodeInfo(len(stream), float(ideal.sum()), levels, levels)
 
 
 def row_length(shape: tuple[int, ...]) -> int:
@@ -349,7 +387,7 @@ class DeepCabacMethod(Method):
             return  # QP fixed (given, or found by fit_to_metric) and offsets known
         samples = []
         for name, array in tensors:
-            w = _float_view(array, name)
+            w, _ = _float_view(array, name)
             samples.append(stepsize.TensorSample.take(name, w, row_length(np.shape(array))))
         if not self.offsets and self.importance:
             means = {n: float(np.mean(self.importance[n], dtype=np.float64))

@@ -18,7 +18,9 @@ Two objects, each usable as a context manager around any training loop:
   ∂L/∂W_i, exactly the paper's centroid update. Leaving the context writes
   ``codebook[index]`` back into a plain weight that takes ≤ 2^bits distinct non-zero values.
 
-:func:`iterative_prune` runs the prune → retrain schedule with the user's ``train_fn``.
+:func:`iterative_prune` runs the prune → retrain schedule with the user's ``train_fn``;
+:func:`distillation_loss` lets that retraining (and the centroid fine-tuning) learn from the
+dense model's soft labels as well as the hard ones.
 
 Biases and normalization parameters are left alone by default: the default selection is
 every parameter with ≥ 2 dimensions that does not belong to a normalization layer.
@@ -46,6 +48,7 @@ __all__ = [
     "iter_codebook_parameters",
     "prunable_parameters",
     "model_sparsity",
+    "distillation_loss",
 ]
 
 _NORM_TYPES = (
@@ -445,3 +448,33 @@ def iter_codebook_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
             for name, plist in module.parametrizations.items():
                 if isinstance(plist[0], _SharedWeight):
                     yield module.parametrizations[name].original
+
+
+def distillation_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    alpha: float = 0.5,
+    temperature: float = 4.0,
+) -> torch.Tensor:
+    """(1 − α)·CE(z, y) + α·T²·KL(softmax(z_t/T) ‖ softmax(z/T)) (Hinton et al., 2015).
+
+    Used while retraining a pruned or shared net with the uncompressed one as teacher: the
+    soft labels carry the teacher's whole output distribution (which wrong classes are close),
+    so the compressed net is pulled back towards the function it approximates rather than
+    only towards the labels. T² keeps the soft term's gradient scale independent of T.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise InvalidOption(f"alpha must be in [0, 1], got {alpha}")
+    if not temperature > 0:
+        raise InvalidOption(f"temperature must be > 0, got {temperature}")
+    hard = nn.functional.cross_entropy(logits, target)
+    if alpha == 0.0:
+        return hard
+    soft = nn.functional.kl_div(
+        nn.functional.log_softmax(logits / temperature, dim=1),
+        nn.functional.log_softmax(teacher_logits.detach() / temperature, dim=1),
+        log_target=True,
+        reduction="batchmean",
+    )
+    return (1.0 - alpha) * hard + alpha * temperature**2 * soft

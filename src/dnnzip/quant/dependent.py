@@ -25,11 +25,12 @@ from numba import njit, prange
 from ..coding.cabac import (
     COST0,
     COST1,
-    DQ_TRANS,
     N_EG_CTX,
     activity,
     bin_cost,
+    chunk_by_chunk,
     ctx_layout,
+    dq_next,
     enc_finish,
     enc_level,
     gt_ctx,
@@ -38,6 +39,7 @@ from ..coding.cabac import (
     recon_int,
     sig_ctx,
     sign_class,
+    warm_table,
 )
 
 SEGMENT = 2048
@@ -74,22 +76,6 @@ def _fill_tables(st, g, n_act, c_sig, c_sign, c_gt, c_eg, sigc, signc, magc, egp
 
 
 @njit(cache=True, inline="always")
-def _rate(k, s, a, pc, g, sigc, signc, magc, egpre):
-    if k == 0:
-        return sigc[s, a, pc, 0]
-    neg = 1 if k < 0 else 0
-    m = -k if neg else k
-    c = sigc[s, a, pc, 1] + signc[pc, neg]
-    if m <= g:
-        return c + magc[s >> 1, a, neg, m]
-    v = m - g
-    nb = 0
-    while (v >> (nb + 1)) > 0:
-        nb += 1
-    return c + magc[s >> 1, a, neg, g + 1] + egpre[nb]
-
-
-@njit(cache=True, inline="always")
 def _k_of_r(r):
     """Index k of an odd reconstruction r on Q1 (r = 2k − sgn k)."""
     if r > 0:
@@ -97,71 +83,160 @@ def _k_of_r(r):
     return -((-r + 1) >> 1)
 
 
+@njit(cache=True, inline="always")
+def _rate_nz(k, s1, pc, qid, a, n_act, g, signf, magf, egpre):
+    """Bits of a non-zero index k given the state's sig-flag cost s1 (same sums, same order,
+    as the coder's binarization: (sig + sign) + magnitude)."""
+    neg = 1 if k < 0 else 0
+    m = -k if neg else k
+    c = s1 + signf[np.uint64(pc * 2 + neg)]
+    row = ((qid * n_act + a) * 2 + neg) * (g + 2)
+    if m <= g:
+        return c + magf[np.uint64(row + m)]
+    v = m - g
+    nb = 0
+    while (v >> (nb + 1)) > 0:
+        nb += 1
+    return c + magf[np.uint64(row + g + 1)] + egpre[np.uint64(nb)]
+
+
+@njit(cache=True, inline="always")
+def _state_step(js, s, prev, above_abs, ctx_mode, n_act, g, kA, kB, dA, dB, dZ, zero_ok, lam,
+                sigf, signf, magf, egpre):
+    """Costs of the three candidates of one trellis state (A, B: the two nearest non-zero
+    indices of its quantizer; Z: zero), sorted into the two successor states by index parity
+    in the scan order of the exhaustive search (A, B, Z; strict <, so ties keep the first).
+    Returns (even cost, even k, odd cost, odd k); branch-free selects, no stores."""
+    pc = sign_class(prev)
+    a = activity(abs(prev), above_abs) if ctx_mode == 1 else 0
+    qid = s >> 1
+    sb = ((s * n_act + a) * 3 + pc) * 2
+    s0 = sigf[np.uint64(sb)]
+    s1 = sigf[np.uint64(sb + 1)]
+    cA = js + dA + lam * _rate_nz(kA, s1, pc, qid, a, n_act, g, signf, magf, egpre)
+    cB = js + dB + lam * _rate_nz(kB, s1, pc, qid, a, n_act, g, signf, magf, egpre)
+    cZ = js + dZ + lam * s0
+    # Q0's nearest pair may contain 0 itself: that one is only a candidate as Z
+    cA = cA if kA != 0 else _INF
+    cB = cB if kB != 0 else _INF
+    cZ = cZ if zero_ok else _INF
+    evA = (kA & 1) == 0
+    evB = (kB & 1) == 0
+    eC = cA if evA else _INF
+    oC = _INF if evA else cA
+    eK = kA
+    oK = kA
+    tb = evB and cB < eC
+    eC = cB if tb else eC
+    eK = kB if tb else eK
+    tb = (not evB) and cB < oC
+    oC = cB if tb else oC
+    oK = kB if tb else oK
+    tz = cZ < eC
+    eC = cZ if tz else eC
+    eK = 0 if tz else eK
+    return eC, eK, oC, oK
+
+
 @njit(cache=True)
-def _trellis(x, fw, use_f, i0, i1, lo, row_len, s0, p0, lam, g, ctx_mode, sigc, signc, magc,
+def _trellis(w, sc, fw, use_f, i0, i1, lo, row_len, s0, p0, lam, g, ctx_mode, sigc, signc, magc,
              egpre, levels, bps, bpk):
-    """Viterbi over x[i0:i1] from state s0 (previous level p0); writes the indices to
-    levels[i0:i1] and returns the final state."""
-    J = np.full(4, _INF)
-    nJ = np.empty(4)
-    pk = np.zeros(4, dtype=np.int64)
-    npk = np.zeros(4, dtype=np.int64)
-    J[s0] = 0.0
-    pk[s0] = p0
+    """Viterbi over x[i0:i1] (x = w/Δ, ``sc`` = Δ in float32) from state s0 (previous level
+    p0); writes the indices to levels[i0:i1] and returns the final state.
+
+    Per weight: the two nearest indices of each quantizer plus zero, for each of the 4 states
+    (each survivor path carries its previous level for the contexts). Successors: T maps
+    Q0 states {0, 1} to {0, 2} and Q1 states {2, 3} to {1, 3}, each successor having one
+    even-index and one odd-index predecessor — so the add–compare–select is written out on
+    scalars, without stores or data-dependent branches."""
+    n_act = sigc.shape[1]
+    sigf = sigc.reshape(-1)
+    signf = signc.reshape(-1)
+    magf = magc.reshape(-1)
+    J0 = _INF
+    J1 = _INF
+    J2 = _INF
+    J3 = _INF
+    if s0 == 0:
+        J0 = 0.0
+    elif s0 == 1:
+        J1 = 0.0
+    elif s0 == 2:
+        J2 = 0.0
+    else:
+        J3 = 0.0
+    P0 = p0
+    P1 = p0
+    P2 = p0
+    P3 = p0
     for t in range(i1 - i0):
         i = i0 + t
-        xi = float(x[i])
+        xi = float(w[i] / sc)
         f = float(fw[i]) if use_f else 1.0
         above_abs = 0
         if ctx_mode == 1 and i - row_len >= lo:
             above_abs = abs(levels[i - row_len])
-        # two nearest reconstructions on each quantizer
+        # two nearest reconstructions on each quantizer: Q0 r = 2k, Q1 r odd (k = (r ± 1)/2)
         ke = int(np.floor(xi * 0.5))
         ro = 2 * int(np.floor((xi - 1.0) * 0.5)) + 1
-        # zero cannot win when it costs more distortion than any rate saving could repay
         ax = abs(xi)
-        try_zero = ax < 1.0 or f * (2.0 * ax - 1.0) <= lam * 64.0
-        for s in range(4):
-            nJ[s] = _INF
-        for s in range(4):
-            js = J[s]
-            if js >= _INF:
-                continue
-            prev = pk[s]
-            pc = sign_class(prev)
-            a = activity(abs(prev), above_abs) if ctx_mode == 1 else 0
-            qid = s >> 1
-            for c in range(3):
-                if c == 2:
-                    if not try_zero:
-                        continue
-                    k = 0
-                    r = 0
-                elif qid == 0:
-                    k = ke + c
-                    r = 2 * k
-                    if k == 0:
-                        continue
-                else:
-                    r = ro + 2 * c
-                    k = _k_of_r(r)
-                d = xi - r
-                cost = js + f * d * d + lam * _rate(k, s, a, pc, g, sigc, signc, magc, egpre)
-                ns = DQ_TRANS[s, k & 1]
-                if cost < nJ[ns]:
-                    nJ[ns] = cost
-                    bps[t, ns] = s
-                    bpk[t, ns] = k
-        for s in range(4):
-            J[s] = nJ[s]
-            if nJ[s] < _INF:
-                npk[s] = bpk[t, s]
-        for s in range(4):
-            pk[s] = npk[s]
+        # zero cannot win when it costs more distortion than any rate saving could repay
+        zero_ok = ax < 1.0 or f * (2.0 * ax - 1.0) <= lam * 64.0
+        d = xi - 2 * ke
+        dA0 = f * d * d
+        d = xi - 2 * (ke + 1)
+        dB0 = f * d * d
+        d = xi - ro
+        dA1 = f * d * d
+        d = xi - (ro + 2)
+        dB1 = f * d * d
+        dZ = f * xi * xi
+        kA1 = _k_of_r(ro)
+        kB1 = _k_of_r(ro + 2)
+        e0, ek0, o0, ok0 = _state_step(J0, 0, P0, above_abs, ctx_mode, n_act, g, ke, ke + 1,
+                                       dA0, dB0, dZ, zero_ok, lam, sigf, signf, magf, egpre)
+        e1, ek1, o1, ok1 = _state_step(J1, 1, P1, above_abs, ctx_mode, n_act, g, ke, ke + 1,
+                                       dA0, dB0, dZ, zero_ok, lam, sigf, signf, magf, egpre)
+        e2, ek2, o2, ok2 = _state_step(J2, 2, P2, above_abs, ctx_mode, n_act, g, kA1, kB1,
+                                       dA1, dB1, dZ, zero_ok, lam, sigf, signf, magf, egpre)
+        e3, ek3, o3, ok3 = _state_step(J3, 3, P3, above_abs, ctx_mode, n_act, g, kA1, kB1,
+                                       dA1, dB1, dZ, zero_ok, lam, sigf, signf, magf, egpre)
+        # state 0 <- (0, even) | (1, odd); 2 <- (0, odd) | (1, even);
+        # state 1 <- (2, even) | (3, odd); 3 <- (2, odd) | (3, even)
+        tk = o1 < e0
+        J0 = o1 if tk else e0
+        P0 = ok1 if tk else ek0
+        b0 = 1 if tk else 0
+        tk = e1 < o0
+        J2 = e1 if tk else o0
+        P2 = ek1 if tk else ok0
+        b2 = 1 if tk else 0
+        tk = o3 < e2
+        J1 = o3 if tk else e2
+        P1 = ok3 if tk else ek2
+        b1 = 3 if tk else 2
+        tk = e3 < o2
+        J3 = e3 if tk else o2
+        P3 = ek3 if tk else ok2
+        b3 = 3 if tk else 2
+        bps[t, 0] = b0
+        bps[t, 1] = b1
+        bps[t, 2] = b2
+        bps[t, 3] = b3
+        bpk[t, 0] = P0
+        bpk[t, 1] = P1
+        bpk[t, 2] = P2
+        bpk[t, 3] = P3
     best = 0
-    for s in range(1, 4):
-        if J[s] < J[best]:
-            best = s
+    bj = J0
+    if J1 < bj:
+        best = 1
+        bj = J1
+    if J2 < bj:
+        best = 2
+        bj = J2
+    if J3 < bj:
+        best = 3
     s = best
     for t in range(i1 - i0 - 1, -1, -1):
         levels[i0 + t] = bpk[t, s]
@@ -170,9 +245,9 @@ def _trellis(x, fw, use_f, i0, i1, lo, row_len, s0, p0, lam, g, ctx_mode, sigc, 
 
 
 @njit(cache=True)
-def dq_chunk(x, fw, use_f, lo, hi, row_len, lam, g, ctx_mode, sf, ss, buf, levels, measure,
+def dq_chunk(w, sc, fw, use_f, lo, hi, row_len, lam, g, ctx_mode, wt, buf, levels, measure,
              cost0, cost1):
-    """Trellis-quantize and code x[lo:hi]. Returns (nbytes, checksum, ideal bits)."""
+    """Trellis-quantize and code x[lo:hi] (x = w/sc). Returns (nbytes, checksum, ideal bits)."""
     n_act, c_sig, c_sign, c_gt, c_eg, n_ctx = ctx_layout(g, ctx_mode)
     st = init_contexts(n_ctx)
     sigc = np.zeros((4, n_act, 3, 2))
@@ -198,7 +273,7 @@ def dq_chunk(x, fw, use_f, lo, hi, row_len, lam, g, ctx_mode, sf, ss, buf, level
         seg_end = min(hi, i + (row_len - col), i + SEGMENT)
         _fill_tables(st, g, n_act, c_sig, c_sign, c_gt, c_eg, sigc, signc, magc, egpre,
                      cost0, cost1)
-        _trellis(x, fw, use_f, i, seg_end, lo, row_len, state, prev, lam, g, ctx_mode, sigc,
+        _trellis(w, sc, fw, use_f, i, seg_end, lo, row_len, state, prev, lam, g, ctx_mode, sigc,
                  signc, magc, egpre, levels, bps, bpk)
         for j in range(i, seg_end):
             a = 0
@@ -207,11 +282,11 @@ def dq_chunk(x, fw, use_f, lo, hi, row_len, lam, g, ctx_mode, sf, ss, buf, level
                 a = activity(abs(prev), abs(above))
             k = levels[j]
             low, rng, cache, pend, pos, bits = enc_level(
-                k, state, a, sign_class(prev), g, n_act, c_sig, c_sign, c_gt, c_eg, st, sf,
-                ss, low, rng, cache, pend, pos, buf, measure)
+                k, state, a, sign_class(prev), g, n_act, c_sig, c_sign, c_gt, c_eg, st, wt,
+                low, rng, cache, pend, pos, buf, measure)
             ideal += bits
             h = hash_step(h, recon_int(k, state))
-            state = DQ_TRANS[state, k & 1]
+            state = dq_next(state, k)
             prev = k
         col += seg_end - i
         if col == row_len:
@@ -230,37 +305,40 @@ def dq_recon(k, chunk):
         if i % chunk == 0:
             state = 0
         out[i] = recon_int(k[i], state)
-        state = DQ_TRANS[state, k[i] & 1]
+        state = dq_next(state, k[i])
     return out
 
 
 @njit(cache=True, parallel=True, nogil=True)
-def dq_encode_par(x, fw, use_f, row_len, chunk, lam, g, ctx_mode, sf, ss, buf, offs, nbytes,
+def dq_encode_par(w, sc, fw, use_f, row_len, chunk, lam, g, ctx_mode, sf, ss, buf, offs, nbytes,
                   checks, ideal, levels, measure, cost0, cost1):
     nch = offs.size - 1
-    n = x.size
+    n = w.size
+    wt = warm_table(sf, ss)
     for c in prange(nch):
         lo = c * chunk
         hi = min(n, lo + chunk)
-        nb, h, bits = dq_chunk(x, fw, use_f, lo, hi, row_len, lam, g, ctx_mode, sf, ss,
+        nb, h, bits = dq_chunk(w, sc, fw, use_f, lo, hi, row_len, lam, g, ctx_mode, wt,
                                buf[offs[c]:offs[c + 1]], levels, measure, cost0, cost1)
         nbytes[c] = nb
         checks[c] = h
         ideal[c] = bits
 
 
-def dq_encode(x: np.ndarray, fw: np.ndarray | None, row_len: int, chunk: int, lam: float,
-              g: int, ctx_mode: int, shifts: tuple[int, int], buf: np.ndarray, offs: np.ndarray,
-              measure: bool = False):
-    """Dependent quantization + coding of every chunk. Returns (indices k, nbytes, checksums,
-    ideal bits)."""
+def dq_encode(w: np.ndarray, sc: float, fw: np.ndarray | None, row_len: int, chunk: int,
+              lam: float, g: int, ctx_mode: int, shifts: tuple[int, int], buf: np.ndarray,
+              offs: np.ndarray, measure: bool = False):
+    """Dependent quantization + coding of every chunk of x = w / sc. Returns (indices k,
+    nbytes, checksums, ideal bits)."""
     nch = offs.size - 1
     nbytes = np.zeros(nch, dtype=np.int64)
     checks = np.zeros(nch, dtype=np.int64)
     ideal = np.zeros(nch, dtype=np.float64)
-    levels = np.zeros(x.size, dtype=np.int32)
+    levels = np.zeros(w.size, dtype=np.int32)
     use_f = fw is not None
     f = fw if use_f else np.ones(1, dtype=np.float32)
-    dq_encode_par(x, f, use_f, row_len, chunk, float(lam), g, ctx_mode, shifts[0], shifts[1],
-                  buf, offs, nbytes, checks, ideal, levels, measure, COST0, COST1)
+    with chunk_by_chunk():
+        dq_encode_par(w, np.float32(sc), f, use_f, row_len, chunk, float(lam), g, ctx_mode,
+                      shifts[0], shifts[1], buf, offs, nbytes, checks, ideal, levels, measure,
+                      COST0, COST1)
     return levels, nbytes, checks, ideal

@@ -23,6 +23,7 @@ from ..coding.cabac import (
     N_EG_CTX,
     activity,
     bin_cost,
+    chunk_by_chunk,
     ctx_layout,
     enc_finish,
     enc_level,
@@ -31,6 +32,7 @@ from ..coding.cabac import (
     init_contexts,
     sig_ctx,
     sign_class,
+    warm_table,
 )
 
 
@@ -93,7 +95,7 @@ def pair_cost(m, neg, a, pc, g, n_act, c_sig, c_sign, c_gt, c_eg, st, cost0, cos
 
 
 @njit(cache=True)
-def rdoq_chunk(x, fw, use_f, lo, hi, row_len, lam, g, ctx_mode, sf, ss, buf, levels, measure,
+def rdoq_chunk(w, sc, fw, use_f, lo, hi, row_len, lam, g, ctx_mode, wt, buf, levels, measure,
                cost0, cost1):
     """Quantize and code x[lo:hi] (x = w/Δ) greedily; levels written to ``levels``.
     Returns (nbytes, checksum, ideal bits)."""
@@ -116,7 +118,7 @@ def rdoq_chunk(x, fw, use_f, lo, hi, row_len, lam, g, ctx_mode, sf, ss, buf, lev
             above = levels[i - row_len] if i - row_len >= lo else 0
             a = activity(abs(prev), abs(above))
         pc = sign_class(prev)
-        xi = x[i]
+        xi = w[i] / sc
         neg = 1 if xi < 0 else 0
         ax = -xi if neg else xi
         m = int(np.floor(ax + 0.5))
@@ -141,7 +143,7 @@ def rdoq_chunk(x, fw, use_f, lo, hi, row_len, lam, g, ctx_mode, sf, ss, buf, lev
         q = -m if neg else m
         levels[i] = q
         low, rng, cache, pend, pos, bits = enc_level(
-            q, 0, a, pc, g, n_act, c_sig, c_sign, c_gt, c_eg, st, sf, ss,
+            q, 0, a, pc, g, n_act, c_sig, c_sign, c_gt, c_eg, st, wt,
             low, rng, cache, pend, pos, buf, measure)
         ideal += bits
         h = hash_step(h, q)
@@ -154,32 +156,35 @@ def rdoq_chunk(x, fw, use_f, lo, hi, row_len, lam, g, ctx_mode, sf, ss, buf, lev
 
 
 @njit(cache=True, parallel=True, nogil=True)
-def rdoq_encode_par(x, fw, use_f, row_len, chunk, lam, g, ctx_mode, sf, ss, buf, offs, nbytes,
+def rdoq_encode_par(w, sc, fw, use_f, row_len, chunk, lam, g, ctx_mode, sf, ss, buf, offs, nbytes,
                     checks, ideal, levels, measure, cost0, cost1):
     """All chunks of a tensor in parallel (one independent coder per chunk)."""
     nch = offs.size - 1
-    n = x.size
+    n = w.size
+    wt = warm_table(sf, ss)
     for c in prange(nch):
         lo = c * chunk
         hi = min(n, lo + chunk)
-        nb, h, bits = rdoq_chunk(x, fw, use_f, lo, hi, row_len, lam, g, ctx_mode, sf, ss,
+        nb, h, bits = rdoq_chunk(w, sc, fw, use_f, lo, hi, row_len, lam, g, ctx_mode, wt,
                                  buf[offs[c]:offs[c + 1]], levels, measure, cost0, cost1)
         nbytes[c] = nb
         checks[c] = h
         ideal[c] = bits
 
 
-def rdoq_encode(x: np.ndarray, fw: np.ndarray | None, row_len: int, chunk: int, lam: float,
-                g: int, ctx_mode: int, shifts: tuple[int, int], buf: np.ndarray,
+def rdoq_encode(w: np.ndarray, sc: float, fw: np.ndarray | None, row_len: int, chunk: int,
+                lam: float, g: int, ctx_mode: int, shifts: tuple[int, int], buf: np.ndarray,
                 offs: np.ndarray, measure: bool = False):
     """Run RDOQ + coding on every chunk. Returns (levels, nbytes, checksums, ideal bits)."""
     nch = offs.size - 1
     nbytes = np.zeros(nch, dtype=np.int64)
     checks = np.zeros(nch, dtype=np.int64)
     ideal = np.zeros(nch, dtype=np.float64)
-    levels = np.zeros(x.size, dtype=np.int32)
+    levels = np.zeros(w.size, dtype=np.int32)
     use_f = fw is not None
     f = fw if use_f else np.ones(1, dtype=np.float32)
-    rdoq_encode_par(x, f, use_f, row_len, chunk, float(lam), g, ctx_mode, shifts[0], shifts[1],
-                    buf, offs, nbytes, checks, ideal, levels, measure, COST0, COST1)
+    with chunk_by_chunk():
+        rdoq_encode_par(w, np.float32(sc), f, use_f, row_len, chunk, float(lam), g, ctx_mode,
+                        shifts[0], shifts[1], buf, offs, nbytes, checks, ideal, levels, measure,
+                        COST0, COST1)
     return levels, nbytes, checks, ideal
