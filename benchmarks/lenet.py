@@ -540,7 +540,8 @@ def run_model(
             }
         )
         log(
-            f"prune step {i}: sparsity {sp['total']:.3f}, float test {acc:.2f}% val {val:.2f}%, "
+            f"{label.split(' +')[0]}: sparsity {sp['total']:.3f}, "
+            f"float test {acc:.2f}% val {val:.2f}%, "
             f"coded {p['ratio']:.1f}x restored {p['accuracy']:.2f}%"
         )
     pruned_acc, pruned_val = accuracy(model, data), accuracy(model, data, "val")

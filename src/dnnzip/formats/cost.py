@@ -78,7 +78,7 @@ class TimeModel:
     t(format, B) = t0(format, B) + work(format, B) / rate(format, B), with work the
     multiply-adds a kernel performs: dense m·n·B, CSR nnz·B, CER/CSER nnz·B (each stored
     element added once per column), and t0 the fixed cost of one call (checks, allocation,
-    dispatch) — measured on a 1 × 1 matrix, it decides small layers (a 100 × 300 mat-vec is
+    dispatch) — measured on a 1 × 2 matrix, it decides small layers (a 100 × 300 mat-vec is
     ~1 µs of work). Rates (work units per second) are measured by ``calibrate`` on synthetic
     90%-sparse 4-bit matrices, because they depend on the CPU: a dense BLAS product gains
     a lot from batching, a gather-bound sparse one little.
@@ -129,7 +129,8 @@ class TimeModel:
         levels = rng.integers(-7, 8, size=shape) * (rng.random(shape) < 0.1)
         w = (levels * 0.01).astype(np.float32)
         mats = {"dense": Dense(w), "csr": CSR.from_dense(w), "cser": CSER.from_dense(w)}
-        one = np.full((1, 1), 0.5, np.float32)
+        # one stored element, ω0 = 0 (a lone 0.5 would be ω0 itself: the implicit-value path)
+        one = np.array([[0.5, 0.0]], np.float32)
         tiny = {"dense": Dense(one), "csr": CSR.from_dense(one), "cser": CSER.from_dense(one)}
         try:  # BLAS gets the same number of threads as our kernels
             from threadpoolctl import threadpool_limits

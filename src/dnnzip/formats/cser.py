@@ -52,6 +52,9 @@ ROW_BLOCK = 16
 #: the row-wise kernel wins (measured: benchmarks/formats.py, ``batch_ablation``)
 ROWS_MIN_BATCH = 32
 ROWS_MAX_NNZ = 8000
+#: ... and on matrices of more rows than this, whose 16-column panel of Y (m × 64 bytes) leaves
+#: L2: the 30522 × 384 tied embedding at batch 64 took 20.8 ms by panels, 10.5 ms by rows
+PANEL_MAX_ROWS = 8192
 
 
 @dataclass(frozen=True)
@@ -270,8 +273,9 @@ class _Grouped(MatrixFormat):
                 self._lean = (np.dtype(self.dtype.name), self.shape[1], self.shape[0], self.nnz,
                               self.plan.matvec_call(self.dtype))
             return y
-        if mode == "panel" or (mode == "auto" and (x.shape[1] < ROWS_MIN_BATCH
-                                                   or self.nnz >= ROWS_MAX_NNZ)):
+        if mode == "panel" or (mode == "auto" and (
+                x.shape[1] < ROWS_MIN_BATCH
+                or ROWS_MAX_NNZ <= self.nnz and self.shape[0] <= PANEL_MAX_ROWS)):
             y = np.empty((self.shape[0], x.shape[1]), x.dtype)
             if x.shape[1] <= 8:
                 kern = kernels.panel_matmat8_par if parallel else kernels.panel_matmat8
