@@ -458,7 +458,6 @@ group_rows_matmat8 = _make_group_rows_matmat(8, 1)
 group_rows_matmat16 = _make_group_rows_matmat(16, 1)
 group_rows_matmat32 = _make_group_rows_matmat(16, 2)
 group_rows_matmat48 = _make_group_rows_matmat(16, 3)
-group_rows_matmat64 = _make_group_rows_matmat(16, 4)
 
 
 def _make_slice_panel(width: int, lanes: int):

@@ -5,6 +5,7 @@ from .convert import LayerChoice, choose_format, convert_model, save_converted
 from .finetune import (
     Pruner,
     WeightSharing,
+    distillation_loss,
     iter_codebook_parameters,
     iterative_prune,
     model_sparsity,
@@ -24,6 +25,7 @@ __all__ = [
     "WeightSharing",
     "choose_format",
     "convert_model",
+    "distillation_loss",
     "fisher_diagonal",
     "iter_codebook_parameters",
     "iterative_prune",
