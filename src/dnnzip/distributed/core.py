@@ -190,23 +190,24 @@ def _accumulate_collect(acc, g, u, m, use_mom, consume, use_abs, hi, lo, flags, 
             x = words[w]
             if x == 0:
                 continue
-            h = x & ones
-            while h != 0:
-                i = s + 8 * w + (trailing_zeros(h) >> 3)
-                if nh < cap:
-                    out_hi[nh] = i
-                    val_hi[nh] = acc[i]
-                nh += 1
-                h &= h - one
-            h = (x >> one) & ones
-            while h != 0:
-                i = s + 8 * w + (trailing_zeros(h) >> 3)
-                if nl < cap:
-                    out_lo[nl] = i
-                    val_lo[nl] = acc[i]
-                nl += 1
-                h &= h - one
+            base = s + 8 * w
+            nh = _take_flagged(x & ones, base, acc, cap, out_hi, val_hi, nh)
+            nl = _take_flagged((x >> one) & ones, base, acc, cap, out_lo, val_lo, nl)
     return nh, nl
+
+
+@njit(inline="always")
+def _take_flagged(h, base, acc, cap, out, val, n):
+    """Append the positions base + j of the set low bits of bytes j of ``h`` (and their acc
+    values) to out/val from count n, lowest first, writing only below cap; the new count."""
+    while h != 0:
+        i = base + (trailing_zeros(h) >> 3)
+        if n < cap:
+            out[n] = i
+            val[n] = acc[i]
+        n += 1
+        h &= h - np.uint64(1)
+    return n
 
 
 #: elements per chunk of the fused pass (a chunk of acc, g and flags stays in L2)
