@@ -201,3 +201,17 @@ def test_deepcabac_method_from_the_cli(tmp_path, model_file, state_dict, capsys)
     expect_error(
         ["compress", model_file, "-o", tmp_path / "e.dnnz", "--step", "0.01"], capsys, "step"
     )
+
+
+def test_nonweight_qp_flag(tmp_path, model_file, state_dict, capsys):
+    out = tmp_path / "n.dnnz"
+    code, text, _ = run(["compress", model_file, "-o", out, "--method", "deepcabac", "--qp", "-24",
+                         "--nonweight-qp", "-40", "--json"], capsys)
+    assert code == 0
+    rows = {r["name"]: r for r in json.loads(text)["tensors"]}
+    vectors = [k for k, v in state_dict.items() if v.dim() == 1 and v.dtype.is_floating_point]
+    assert vectors and all(rows[k]["codec"] in ("deepcabac", "raw") for k in vectors)
+    assert any(rows[k]["codec"] == "deepcabac" for k in vectors if state_dict[k].numel() >= 64)
+    back = dnnzip.decompress(out, progress=False)
+    for k in vectors:
+        assert float((back[k] - state_dict[k]).abs().max()) <= 2 ** (-10) / 2 * (1 + 1e-6)

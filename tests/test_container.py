@@ -129,17 +129,58 @@ def test_wrong_magic_and_version(tmp_path):
         DnnzReader(path)
 
 
+def _rewrite_index(path, edit, *, deflate=True, major=None):
+    """Rewrite the file's index through ``edit(json_bytes) -> json_bytes`` (with a valid CRC),
+    stored deflated or as plain JSON, optionally under another major version."""
+    data = path.read_bytes()
+    index_offset, index_len, _, end = TRAILER.unpack_from(data, len(data) - TRAILER.size)
+    old = zlib.decompress(data[index_offset : index_offset + index_len])
+    new = edit(old)
+    stored = zlib.compress(new) if deflate else new
+    head = data[:index_offset]
+    if major is not None:
+        head = HEADER.pack(b"DNNZ", major, 0) + head[HEADER.size :]
+    path.write_bytes(head + stored + TRAILER.pack(index_offset, len(stored),
+                                                  zlib.crc32(stored), end))
+    return old, new
+
+
 def test_index_entry_pointing_outside_the_file(tmp_path):
     """A reader never trusts a length: an entry past the index is refused upfront."""
     path = tmp_path / "x.dnnz"
     write(path, sample())
-    data = path.read_bytes()
-    index_offset, index_len, _, end = TRAILER.unpack_from(data, len(data) - TRAILER.size)
-    index = data[index_offset : index_offset + index_len].replace(b'"length":48', b'"length":9999')
-    assert index != data[index_offset : index_offset + index_len]
-    trailer = TRAILER.pack(index_offset, len(index), zlib.crc32(index), end)
-    path.write_bytes(data[:index_offset] + index + trailer)
+    old, new = _rewrite_index(path, lambda j: j.replace(b'"length":48', b'"length":9999'))
+    assert old != new
     with pytest.raises(ContainerError, match="index entry is not valid"):
+        DnnzReader(path)
+
+
+def test_version_1_file_with_plain_json_index_is_read(tmp_path):
+    path = tmp_path / "x.dnnz"
+    write(path, sample())
+    _rewrite_index(path, lambda j: j, deflate=False, major=1)
+    with DnnzReader(path) as r:
+        np.testing.assert_array_equal(r.read("a"), sample()["a"])
+
+
+def test_index_that_inflates_past_the_limit_is_refused(tmp_path, monkeypatch):
+    import dnnzip.container.dnnz as dnnz
+
+    path = tmp_path / "x.dnnz"
+    write(path, sample())
+    _rewrite_index(path, lambda j: j[:-1] + b"," + b'"pad":"' + b"x" * 5000 + b'"}')
+    with DnnzReader(path):
+        pass  # fits under the real limit
+    monkeypatch.setattr(dnnz, "MAX_INDEX_BYTES", 1000)
+    with pytest.raises(ContainerError, match="too large or incomplete"):
+        DnnzReader(path)
+
+
+def test_index_that_is_not_a_deflate_stream_is_refused(tmp_path):
+    path = tmp_path / "x.dnnz"
+    write(path, sample())
+    _rewrite_index(path, lambda j: j, deflate=False)  # major 2 expects deflate
+    with pytest.raises(ContainerError, match="index is not valid"):
         DnnzReader(path)
 
 

@@ -330,3 +330,52 @@ def test_distillation_retraining_recovers_a_pruned_net(trained, digits):
     distilled, kl_distilled = retrain(0.9)
     assert model_sparsity(distilled)["total"] == pytest.approx(0.9, abs=0.01)
     assert kl_distilled < kl_plain
+
+
+def test_grid_training_leaves_exact_grid_weights_that_deepcabac_codes_losslessly(tmp_path):
+    import dnnzip
+    from dnnzip.methods.deepcabac import DeepCabacMethod
+    from dnnzip.nn import GridTraining, LeNet300100
+
+    torch.manual_seed(0)
+    net = LeNet300100()
+    with torch.no_grad():
+        net.fc1.weight[net.fc1.weight.abs() < 0.02] = 0
+    pruned = net.fc1.weight.detach() == 0
+    method = DeepCabacMethod(qp=-22, dq=False, lam=0.0, offsets={"fc2.weight": 2.0})
+    steps = {n: method.step_for(n) for n in ("fc1.weight", "fc2.weight")}
+    before = {n: net.get_parameter(n).detach().clone() for n in steps}
+    x, y = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    with GridTraining(net, steps):
+        opt = torch.optim.SGD(net.parameters(), lr=0.5)
+        first = None
+        for _ in range(5):
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(net(x), y)
+            first = float(loss.detach()) if first is None else first
+            loss.backward()
+            opt.step()
+        assert float(nn.functional.cross_entropy(net(x), y)) < first  # straight-through learns
+    for n, s in steps.items():
+        w = net.get_parameter(n).detach()
+        r = w / s
+        assert torch.equal(r, torch.round(r)), n  # exact multiples of the step
+        assert not torch.equal(w, before[n])
+    assert bool((net.fc1.weight.detach()[pruned] == 0).all())  # pruned weights stay zero
+    path = tmp_path / "g.dnnz"
+    dnnzip.compress(net, path, method="deepcabac", qp=-22, dq=False, lam=0.0,
+                    offsets={"fc2.weight": 2.0}, progress=False)
+    back = dnnzip.decompress(path, progress=False)
+    for n in steps:
+        assert torch.equal(back[n], net.get_parameter(n).detach()), n
+
+
+def test_grid_training_bad_input():
+    from dnnzip.nn import GridTraining, LeNet300100
+
+    net = LeNet300100()
+    with pytest.raises(InvalidOption, match="not parameters"):
+        GridTraining(net, {"fc9.weight": 0.1})
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(InvalidOption, match="positive"):
+            GridTraining(net, {"fc1.weight": bad})

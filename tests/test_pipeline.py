@@ -67,3 +67,53 @@ def test_report_totals_add_up(tmp_path, state_dict):
     assert t["huffman_bits"] <= t["fixed_length_bits"]
     assert np.isclose(t["ratio"], t["original_bytes"] / t["compressed_bytes"])
     assert "total:" in report.table()
+
+
+def test_nonweight_qp_codes_vectors_and_keeps_tiny_ones_raw(tmp_path):
+    """``nonweight_qp``: 1-D float tensors are coded at Δ = 2^(qp/4) (error ≤ Δ/2); one whose
+    stream would outgrow its raw bytes, integer buffers and ``keep`` matches stay exact."""
+    g = torch.Generator().manual_seed(3)
+    sd = {"fc.weight": torch.randn(64, 32, generator=g), "fc.bias": torch.randn(300, generator=g),
+          "tiny.bias": torch.randn(4, generator=g), "norm.weight": torch.randn(300, generator=g),
+          "steps": torch.arange(300)}
+    path = tmp_path / "v.dnnz"
+    rep = dnnzip.compress(sd, path, method="deepcabac", qp=-24, nonweight_qp=-40,
+                          keep="^norm", progress=False)
+    codec = {r.name: r.codec for r in rep.rows}
+    assert codec == {"fc.weight": "deepcabac", "fc.bias": "deepcabac", "tiny.bias": "raw",
+                     "norm.weight": "raw", "steps": "raw"}
+    back = dnnzip.decompress(path, progress=False)
+    step = 2.0 ** (-40 / 4)
+    assert float((back["fc.bias"] - sd["fc.bias"]).abs().max()) <= step / 2 * (1 + 1e-6)
+    for k in ("tiny.bias", "norm.weight", "steps"):
+        assert torch.equal(back[k], sd[k]), k
+    by_name = {r.name: r for r in rep.rows}
+    assert by_name["fc.bias"].compressed_bytes < 300 * 4
+    # without the option every vector is stored as it is
+    plain = dnnzip.compress(sd, tmp_path / "p.dnnz", method="deepcabac", qp=-24, progress=False)
+    assert {r.name for r in plain.rows if r.codec == "raw"} == set(sd) - {"fc.weight"}
+
+
+def test_nonweight_qp_bad_values_and_nonfinite_bias(tmp_path):
+    import pytest
+
+    from dnnzip.codec import DnnzipError, InvalidOption
+
+    sd = {"fc.weight": torch.randn(8, 8), "fc.bias": torch.randn(64)}
+    for bad in (float("nan"), 500.0):
+        with pytest.raises(InvalidOption, match="nonweight_qp"):
+            dnnzip.compress(sd, tmp_path / "x.dnnz", method="deepcabac", nonweight_qp=bad,
+                            progress=False)
+    sd["fc.bias"][3] = float("inf")
+    with pytest.raises(DnnzipError, match="'fc.bias' has 1 NaN/Inf"):
+        dnnzip.compress(sd, tmp_path / "y.dnnz", method="deepcabac", nonweight_qp=-40,
+                        progress=False)
+    assert not (tmp_path / "y.dnnz").exists()
+
+
+def test_same_model_and_options_give_the_same_bytes(tmp_path, state_dict):
+    """No wall time or other run-dependent value is stored in the file."""
+    a, b = tmp_path / "a.dnnz", tmp_path / "b.dnnz"
+    dnnzip.compress(state_dict, a, method="deepcabac", qp=-28, progress=False)
+    dnnzip.compress(state_dict, b, method="deepcabac", qp=-28, progress=False)
+    assert a.read_bytes() == b.read_bytes()

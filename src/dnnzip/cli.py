@@ -30,6 +30,7 @@ METHOD_OPTIONS = {
     "lam": "lam",
     "dq": "dq",
     "chunk_size": "chunk_size",
+    "nonweight_qp": "nonweight_qp",
 }
 
 
@@ -57,6 +58,8 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--dq", action=argparse.BooleanOptionalAction, default=None,
                    help="dependent (trellis) quantization (default on)")  # fmt: skip
     c.add_argument("--chunk-size", type=int, help="values per independently coded chunk")
+    c.add_argument("--nonweight-qp", type=float,
+                   help="also code 1-D tensors (biases, norms) at this QP (default: stored as is)")
     c.add_argument("--importance", help="per-weight importance file (dnnzip.nn.save_importance)")
     p.add_argument("--keep", help="regex of tensor names to keep losslessly")
     p.add_argument("--force", action="store_true", help="overwrite the output if it exists")

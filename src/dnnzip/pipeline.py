@@ -39,6 +39,14 @@ def _coded_lossily(name: str, shape: tuple[int, ...], dtype: str, keep: re.Patte
     return int(np.prod(shape)) > 0
 
 
+def _vector(name: str, shape: tuple[int, ...], dtype: str, keep: re.Pattern | None) -> bool:
+    """A non-empty 1-D float tensor (bias, norm) not matched by ``keep``: the method may code
+    it (``Method.vector_codec``), else it passes through losslessly."""
+    if dtype not in FLOAT_DTYPES or len(shape) != 1 or shape[0] == 0:
+        return False
+    return keep is None or not keep.search(name)
+
+
 def _compile_keep(keep: str | None) -> re.Pattern | None:
     if keep is None:
         return None
@@ -115,21 +123,33 @@ def compress(
             t0 = time.perf_counter()
             tensor = src.get(name)
             shape, dtype = shapes[name], dtypes[name]
+            codec = None
             if name in lossy_set:
                 arr = float32_array(tensor)
                 _check_finite(src, name, arr)
                 codec = meth.codec_for(name, arr)
+            elif _vector(name, shape, dtype, keep_re):
+                arr = float32_array(tensor)
+                codec = meth.vector_codec(name, arr)
+                if codec is not None:
+                    _check_finite(src, name, arr)
+            if codec is not None:
                 try:
                     payload, stats = codec.encode_with_stats(arr)
                 except DnnzipError as exc:
                     raise type(exc)(f"{src.description}: tensor {name!r}: {exc}") from None
-            else:
+                if name not in lossy_set and len(payload) >= arr.size * ITEMSIZE[dtype]:
+                    codec = None  # a tiny vector: the coded stream's header costs more
+            if codec is None:
                 codec = RawCodec(dtype)
                 payload, stats = codec.encode(storage_array(tensor)), {}
             stats = {k: _jsonable(v) for k, v in stats.items()}
-            stats["seconds"] = time.perf_counter() - t0
             entry = writer.add_payload(name, shape, dtype, codec, payload, stats)
-            rows.append(TensorRow.from_entry(entry))
+            row = TensorRow.from_entry(entry)
+            # wall time goes to the report, not into the file: the same model and options
+            # give the same bytes
+            row.stats["seconds"] = time.perf_counter() - t0
+            rows.append(row)
             bar.update(int(np.prod(shape)) * ITEMSIZE[dtype])
             del tensor
     src.close()

@@ -4,8 +4,11 @@ Layout (all integers little-endian; see docs/format.md):
 
     header   b"DNNZ" | u16 major | u16 minor                                  8 bytes
     payloads one after another, each exactly as its codec produced it
-    index    UTF-8 JSON: {"format": …, "metadata": {…}, "tensors": [entry, …]}
+    index    zlib-deflated UTF-8 JSON: {"format": …, "metadata": {…}, "tensors": [entry, …]}
     trailer  u64 index_offset | u64 index_length | u32 crc32(index) | b"ZNND"  24 bytes
+
+(Version 1 files, whose index is plain JSON, are still read.) The index is deflated because
+on a small model its JSON — names, codec configs, stats — is a tenth of the file.
 
 An index entry: name, shape, dtype (of the original tensor), codec (its JSON config),
 offset, length, crc32 (of the payload) and free-form stats. The writer streams payloads
@@ -32,7 +35,11 @@ from ..codec import Codec, CorruptPayload, DnnzipError, Quantized, codec_from_co
 
 MAGIC = b"DNNZ"
 END_MAGIC = b"ZNND"
-VERSION = (1, 0)
+VERSION = (2, 0)
+#: major versions this reader understands: 1 (plain JSON index), 2 (deflated index)
+READABLE_MAJORS = (1, 2)
+#: a deflated index may inflate to at most this (a reader never trusts a length)
+MAX_INDEX_BYTES = 1 << 28
 HEADER = struct.Struct("<4sHH")
 TRAILER = struct.Struct("<QQI4s")
 
@@ -153,6 +160,7 @@ class DnnzWriter:
             },
             separators=(",", ":"),
         ).encode()
+        index = zlib.compress(index, 9)
         self._out.file.write(index)
         self._out.file.write(TRAILER.pack(self._offset, len(index), zlib.crc32(index), END_MAGIC))
         self._out.commit()
@@ -197,10 +205,10 @@ class DnnzReader:
         magic, major, minor = HEADER.unpack_from(self._map, 0)
         if magic != MAGIC:
             raise self._fail("not a .dnnz file (bad magic)")
-        if major != VERSION[0]:
+        if major not in READABLE_MAJORS:
             raise self._fail(
                 f"format version {major}.{minor} is not supported "
-                f"(this dnnzip reads {VERSION[0]}.x)"
+                f"(this dnnzip reads {', '.join(f'{m}.x' for m in READABLE_MAJORS)})"
             )
         index_offset, index_length, index_crc, end = TRAILER.unpack_from(
             self._map, size - TRAILER.size
@@ -212,6 +220,8 @@ class DnnzReader:
         raw = self._map[index_offset : index_offset + index_length]
         if zlib.crc32(raw) != index_crc:
             raise self._fail("index checksum mismatch (file is corrupted)")
+        if major >= 2:
+            raw = self._inflate(raw)
         try:
             index = json.loads(raw)
             entries = index["tensors"]
@@ -222,6 +232,17 @@ class DnnzReader:
         for e in entries:
             self._check_entry(e, index_offset)
             self._entries[e["name"]] = e
+
+    def _inflate(self, raw: bytes) -> bytes:
+        """The deflated index, inflated to at most ``MAX_INDEX_BYTES``."""
+        d = zlib.decompressobj()
+        try:
+            out = d.decompress(raw, MAX_INDEX_BYTES)
+        except zlib.error as exc:
+            raise self._fail(f"index is not valid ({exc})") from None
+        if d.unconsumed_tail or d.unused_data or not d.eof:
+            raise self._fail("index is not valid (deflate stream too large or incomplete)")
+        return out
 
     def _check_entry(self, e: Any, limit: int) -> None:
         try:

@@ -27,6 +27,10 @@ class Method:
         """The codec that will encode ``array`` (float32, the tensor's shape)."""
         raise NotImplementedError
 
+    def vector_codec(self, name: str, array: np.ndarray) -> Codec | None:
+        """The codec of a 1-D float tensor (bias, norm), or None: stored as it is (default)."""
+        return None
+
     def describe(self) -> dict[str, Any]:
         """The method's options, recorded in the container metadata."""
         return {"method": self.name}

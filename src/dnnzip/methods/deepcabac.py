@@ -285,7 +285,9 @@ class DeepCabacMethod(Method):
     bytes over the tensors this method codes) or ``max_error`` (relative MSE
     Σ(w − ŵ)²/Σw² over them; ``min_snr_db`` is the same in dB). ``lam`` (λ ≥ 0, relative
     to F̄Δ²), ``dq`` (dependent quantization), ``chunk_size``, ``importance``
-    (name → per-weight Fisher diagonal, same shape as the tensor). Without any target the
+    (name → per-weight Fisher diagonal, same shape as the tensor), ``nonweight_qp`` (QP of
+    the 1-D tensors — biases, norms — coded by plain rounding, λ = 0, no DQ, as NNCodec's
+    option of that name; default: they are stored as they are). Without any target the
     default is ``max_error`` = 1e-3 (30 dB)."""
 
     name: ClassVar[str] = "deepcabac"
@@ -296,7 +298,8 @@ class DeepCabacMethod(Method):
                  dq: bool | None = True,
                  chunk_size: int | None = None, importance: Mapping[str, np.ndarray] | None = None,
                  g: int = cabac.DEFAULT_G, ctx_mode: int = 0, importance_floor: float = 0.5,
-                 offsets: Mapping[str, float] | None = None, **other: Any) -> None:
+                 offsets: Mapping[str, float] | None = None,
+                 nonweight_qp: float | None = None, **other: Any) -> None:
         stray = sorted(k for k, v in other.items() if v is not None and v is not False)
         if stray:
             raise InvalidOption(f"option(s) {', '.join(stray)} do not apply to --method deepcabac")
@@ -322,6 +325,9 @@ class DeepCabacMethod(Method):
             raise InvalidOption(f"lam must be >= 0, got {lam}")
         if chunk_size is not None and chunk_size < 1:
             raise InvalidOption(f"chunk size must be >= 1, got {chunk_size}")
+        if nonweight_qp is not None and not (math.isfinite(nonweight_qp)
+                                             and -200 <= nonweight_qp <= 80):
+            raise InvalidOption(f"nonweight_qp must be in [-200, 80], got {nonweight_qp}")
         if not given:
             max_error = 1e-3
         self.step = step
@@ -336,6 +342,7 @@ class DeepCabacMethod(Method):
         self.importance_floor = float(importance_floor)
         self.importance = dict(importance) if importance else {}
         self.offsets: dict[str, float] = dict(offsets) if offsets else {}
+        self.nonweight_qp = None if nonweight_qp is None else float(nonweight_qp)
         self.global_qp: float | None = qp
         self.search: stepsize.SearchResult | None = None
         # validate the coder options once, up front
@@ -410,11 +417,17 @@ class DeepCabacMethod(Method):
             codec.importance = np.asarray(imp, dtype=np.float32)
         return codec
 
+    def vector_codec(self, name: str, array: np.ndarray) -> Codec | None:
+        if self.nonweight_qp is None:
+            return None
+        return DeepCabacCodec(step=qp_to_step(self.nonweight_qp), lam=0.0, dq=False, g=self.g,
+                              ctx_mode=0, chunk=self.chunk)
+
     def describe(self) -> dict[str, Any]:
         d: dict[str, Any] = {"method": self.name, "dq": self.dq, "lam": self.lam, "g": self.g,
                              "ctx_mode": self.ctx_mode, "chunk_size": self.chunk,
                              "importance": bool(self.importance)}
-        for key in ("step", "target_ratio", "max_error"):
+        for key in ("step", "target_ratio", "max_error", "nonweight_qp"):
             if getattr(self, key) is not None:
                 d[key] = getattr(self, key)
         if self.global_qp is not None:

@@ -11,6 +11,7 @@ from .finetune import (
     model_sparsity,
     prunable_parameters,
 )
+from .grid import GridTraining, on_grid
 from .importance import fisher_diagonal, load_importance, output_sensitivity, save_importance
 from .lenet import LeNet5, LeNet300100
 from .modules import CSERConv2d, CSERLinear
@@ -18,6 +19,7 @@ from .modules import CSERConv2d, CSERLinear
 __all__ = [
     "CSERConv2d",
     "CSERLinear",
+    "GridTraining",
     "LayerChoice",
     "LeNet300100",
     "LeNet5",
@@ -31,6 +33,7 @@ __all__ = [
     "iterative_prune",
     "load_importance",
     "model_sparsity",
+    "on_grid",
     "output_sensitivity",
     "prunable_parameters",
     "save_converted",
