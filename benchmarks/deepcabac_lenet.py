@@ -71,7 +71,6 @@ NONWEIGHT_QP = -40.0
 #: where 0.005 kept 89.42%)
 GRID = {"lenet300100": {"qps": (-16.0, -14.0, -12.0), "epochs": 10, "lr": 0.01},
         "lenet5": {"qps": (-16.0, -12.0, -8.0), "epochs": 10, "lr": 0.005}}
-GRID_EPOCHS, GRID_LR = 10, 0.005  # grid_finetune's defaults
 
 
 def fisher(model, data, batches=40, size=256):
@@ -87,12 +86,11 @@ def fisher(model, data, batches=40, size=256):
 def _coded_vectors(state):
     """The 1-D tensors as the file will hold them (coded at NONWEIGHT_QP when that is
     smaller than raw), so the QP search sees the biases the restored model will have."""
-    from dnnzip.methods.deepcabac import DeepCabacCodec, qp_to_step
-
-    codec = DeepCabacCodec(step=qp_to_step(NONWEIGHT_QP), lam=0.0, dq=False)
+    method = DeepCabacMethod(nonweight_qp=NONWEIGHT_QP)
     out = {}
     for k, a in state.items():
         if a.ndim == 1 and a.size:
+            codec = method.vector_codec(k, a)
             data = codec.encode(a)
             out[k] = codec.decode(data, a.shape) if len(data) < a.nbytes else a
         else:
@@ -155,7 +153,7 @@ def compress(model, importance, lam, data, base_val, workdir: Path, tag: str):
 
 
 def grid_finetune(pruned, baseline, importance, qp, data, cfg, workdir: Path, tag: str,
-                  epochs: int = GRID_EPOCHS, lr: float = GRID_LR):
+                  epochs: int, lr: float):
     """Fine-tune the pruned net with its weights on the DeepCABAC grid of ``qp`` (per-tensor
     offsets from the Fisher; ``dnnzip.nn.GridTraining``, distilling the dense baseline), then
     code it exactly (λ = 0, no DQ: every weight already is a multiple of its step)."""
@@ -214,10 +212,10 @@ def run(key, data, quick, workdir: Path):
     earlier.load_state_dict(states[cfg.prune_steps - 2])
     earlier.eval()
     out["grid_finetuned"] = []
+    grid = GRID[key]
     for source, net in (("pruned", pruned), (f"pruning step {cfg.prune_steps - 1}", earlier)):
         imp = fisher(net, data)
         sparsity = model_sparsity(net)["total"]
-        grid = GRID[key]
         for qp in grid["qps"]:
             p = grid_finetune(net, model, imp, qp, data, cfg, workdir,
                               f"{key}-grid-{len(out['grid_finetuned'])}",

@@ -140,6 +140,19 @@ def _collect(v, hi, lo, use_abs, cap, out_hi, out_lo):
     return nh, nl
 
 
+@njit(inline="always")
+def _take_update(g, u, m, use_mom, consume, i):
+    """d_i = g_i, or with momentum u_i ← m·u_i + g_i (float32 rounding as
+    u.mul_(m).add_(g)) and d_i = u_i; with ``consume`` g_i is zeroed behind the read."""
+    d = g[i]
+    if consume:
+        g[i] = 0
+    if use_mom:
+        d = np.float32(np.float32(m * u[i]) + d)
+        u[i] = d
+    return d
+
+
 @njit(cache=True)
 def _accumulate_flag(acc, g, u, m, use_mom, consume, use_abs, hi, lo, flags):
     """The fused pass of error feedback, first half: d = g (or u ← m·u + g, d = u; m
@@ -148,13 +161,7 @@ def _accumulate_flag(acc, g, u, m, use_mom, consume, use_abs, hi, lo, flags):
     zeroed behind the read (the caller's output buffer then starts at 0 without another
     pass). Branch-free, so the compiler vectorises it."""
     for i in range(acc.size):
-        d = g[i]
-        if consume:
-            g[i] = 0
-        if use_mom:
-            d = np.float32(np.float32(m * u[i]) + d)
-            u[i] = d
-        x = acc[i] + d
+        x = acc[i] + _take_update(g, u, m, use_mom, consume, i)
         acc[i] = x
         if use_abs:
             x = abs(x)
@@ -318,13 +325,7 @@ def _accumulate(acc, g, u, m, use_mom, consume):
     """acc += d, d = g or u ← m·u + g (float32 rounding as u.mul_(m).add_(g)); with
     ``consume`` g is zeroed behind the read: the small-tensor half of ``_accumulate_flag``."""
     for i in range(acc.size):
-        d = g[i]
-        if consume:
-            g[i] = 0
-        if use_mom:
-            d = np.float32(np.float32(m * u[i]) + d)
-            u[i] = d
-        acc[i] += d
+        acc[i] += _take_update(g, u, m, use_mom, consume, i)
 
 
 @njit(cache=True)
