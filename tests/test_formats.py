@@ -445,7 +445,19 @@ def test_time_model_counts_the_fixed_cost_of_a_call():
     assert with_fixed.predict("cser", *args, 8) == pytest.approx(4e-6 + 480 / 1.2e10)
     assert with_fixed.predict("cser", *args, 1) > with_fixed.predict("dense", (20, 30), 0, 1)
     assert plain.fixed("dense", 1) == 0.0
-    cal = TimeModel.calibrate(shape=(96, 96), repeats=3)
+    cal = TimeModel.calibrate(shapes=((32, 48), (96, 96)), repeats=3)
     assert set(cal.overhead) == {"dense", "csr", "cser"}
     assert all(t > 0 for v in cal.overhead.values() for t in v)
     assert all(r > 0 for v in cal.rates.values() for r in v)
+
+
+def test_time_model_rate_follows_matrix_size():
+    # dense 4× faster per element on a matrix that fits in cache: log-interpolated between
+    # the calibrated sizes, clamped outside them
+    model = TimeModel({"dense": {1000: (4e10, 8e10, 8e10), 100_000: (1e10, 2e10, 2e10)},
+                       "csr": (4e9, 1e10, 1e10), "cser": (5e9, 1.2e10, 1.3e10)})
+    assert model.rate("dense", 1, 10) == pytest.approx(4e10)
+    assert model.rate("dense", 1, 10_000) == pytest.approx(2e10)
+    assert model.rate("dense", 8, 10**7) == pytest.approx(2e10)
+    assert model.rate("csr", 1, 10**7) == model.rate("csr", 1, 10) == pytest.approx(4e9)
+    assert model.predict("dense", (10, 100), 0, 1) == pytest.approx(1000 / 4e10)

@@ -347,14 +347,15 @@ class MatrixFormat:
         the product's shape and dtype (must not overlap x), filled and returned.
 
         The common case — an exact, C-contiguous 1-D ndarray in the matrix's compute dtype, one
-        thread — skips the general checks and calls the cached compiled specialisation
+        thread (asked for, or implied by a small product) — skips the general checks and calls the cached compiled specialisation
         directly (about 1 µs less per call, most of a small layer's mat-vec).
         """
         lean = self._lean
         if lean is not None and type(x) is np.ndarray and x.dtype is lean[0]:
             ndim = x.ndim
             if (ndim == 1 and x.shape[0] == lean[1] and x.flags.carray
-                    and (threads == 1 or (threads is None and lean[3] < PARALLEL_MIN_WORK))):
+                    and (threads == 1 or ((threads is None or threads > 1)
+                                          and lean[3] < PARALLEL_MIN_WORK))):
                 if out is None:
                     y = np.empty(lean[2], lean[0])
                 else:

@@ -13,6 +13,8 @@ E = Σ_ops count·e_op(value width) + Σ_arrays accesses·e_mem(array size, elem
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..codec import InvalidOption
 from ._base import Costs
 
@@ -70,24 +72,35 @@ def energy(c: Costs, preset: str = "spec") -> dict[str, float]:
 
 #: batch sizes at which throughputs are measured; other batches interpolate in log-space
 TIME_MODEL_BATCHES = (1, 8, 64)
+#: calibration matrices: one that stays in L2 (128 KB as float32), one that streams from L3
+TIME_MODEL_SHAPES = ((128, 256), (768, 768))
+
+Rates = dict[int, tuple[float, ...]]
 
 
 class TimeModel:
     """Predicted time of a product from its work and this machine's measured throughputs.
 
-    t(format, B) = t0(format, B) + work(format, B) / rate(format, B), with work the
+    t(format, B) = t0(format, B) + work(format, B) / rate(format, B, m·n), with work the
     multiply-adds a kernel performs: dense m·n·B, CSR nnz·B, CER/CSER nnz·B (each stored
     element added once per column), and t0 the fixed cost of one call (checks, allocation,
     dispatch) — measured on a 1 × 2 matrix, it decides small layers (a 100 × 300 mat-vec is
     ~1 µs of work). Rates (work units per second) are measured by ``calibrate`` on synthetic
-    90%-sparse 4-bit matrices, because they depend on the CPU: a dense BLAS product gains
-    a lot from batching, a gather-bound sparse one little.
+    90%-pruned 4-bit Gaussian matrices of two sizes, because they depend on the CPU and its
+    caches: a dense BLAS product gains a lot from batching and from a matrix that fits in L2,
+    a gather-bound sparse one little; between and beyond the two sizes the rate is
+    interpolated (clamped) in log(m·n). "dense" is timed as PyTorch's matmul: what a layer that
+    ``convert_model`` keeps runs.
     """
 
-    def __init__(self, rates: dict[str, tuple[float, ...]],
+    def __init__(self, rates: dict[str, tuple[float, ...] | Rates],
                  batches: tuple[int, ...] = TIME_MODEL_BATCHES,
                  overhead: dict[str, tuple[float, ...]] | None = None):
-        self.rates = {k: tuple(float(r) for r in v) for k, v in rates.items()}
+        # a plain tuple is a rate that does not depend on the matrix size
+        self.rates: dict[str, Rates] = {
+            k: {int(s): tuple(float(r) for r in t) for s, t in
+                (v.items() if isinstance(v, dict) else ((1, v),))}
+            for k, v in rates.items()}
         self.batches = tuple(batches)
         self.overhead = {k: tuple(float(t) for t in v) for k, v in (overhead or {}).items()}
 
@@ -97,8 +110,16 @@ class TimeModel:
         return float(np.exp(np.interp(np.log(max(batch, 1)), np.log(self.batches),
                                       np.log(table))))
 
-    def rate(self, fmt: str, batch: int) -> float:
-        return self._interp(self.rates["cser" if fmt == "cer" else fmt], batch)
+    def rate(self, fmt: str, batch: int, size: int | None = None) -> float:
+        """Work units per second at ``batch`` for a matrix of ``size`` = m·n elements."""
+        import numpy as np
+
+        by_size = self.rates["cser" if fmt == "cer" else fmt]
+        sizes = sorted(by_size)
+        at = [np.log(self._interp(by_size[s], batch)) for s in sizes]
+        if size is None or len(sizes) == 1:
+            return float(np.exp(at[-1]))
+        return float(np.exp(np.interp(np.log(max(size, 1)), np.log(sizes), at)))
 
     def fixed(self, fmt: str, batch: int) -> float:
         """Seconds of one call's fixed cost (0 when not calibrated)."""
@@ -112,26 +133,31 @@ class TimeModel:
 
     def predict(self, fmt: str, shape: tuple[int, int], nnz: int, batch: int = 1) -> float:
         """Seconds for one product of a ``fmt`` matrix with ``nnz`` stored elements."""
-        return self.fixed(fmt, batch) + self.work(fmt, shape, nnz, batch) / self.rate(fmt, batch)
+        size = shape[0] * shape[1]
+        return self.fixed(fmt, batch) + self.work(fmt, shape, nnz, batch) / self.rate(
+            fmt, batch, size)
 
     @classmethod
-    def calibrate(cls, threads: int = 1, shape: tuple[int, int] = (768, 768),
+    def calibrate(cls, threads: int = 1,
+                  shapes: tuple[tuple[int, int], ...] = TIME_MODEL_SHAPES,
                   repeats: int = 15, seed: int = 0) -> TimeModel:
         """Measure dense/CSR/CSER throughputs and per-call costs on this machine (~1 s)."""
 
         import numpy as np
+        import torch
 
         from .cser import CSER
         from .csr import CSR
-        from .dense import Dense
 
         rng = np.random.default_rng(seed)
-        levels = rng.integers(-7, 8, size=shape) * (rng.random(shape) < 0.1)
-        w = (levels * 0.01).astype(np.float32)
-        mats = {"dense": Dense(w), "csr": CSR.from_dense(w), "cser": CSER.from_dense(w)}
+
+        def formats(w: np.ndarray) -> dict[str, Any]:
+            return {"dense": _TorchDense(w), "csr": CSR.from_dense(w), "cser": CSER.from_dense(w)}
+
         # one stored element, ω0 = 0 (a lone 0.5 would be ω0 itself: the implicit-value path)
-        one = np.array([[0.5, 0.0]], np.float32)
-        tiny = {"dense": Dense(one), "csr": CSR.from_dense(one), "cser": CSER.from_dense(one)}
+        tiny = formats(np.array([[0.5, 0.0]], np.float32))
+        torch_threads = torch.get_num_threads()
+        torch.set_num_threads(threads)
         try:  # BLAS gets the same number of threads as our kernels
             from threadpoolctl import threadpool_limits
 
@@ -140,14 +166,18 @@ class TimeModel:
             limit = None
         try:
             fixed = cls._measure(tiny, rng, threads, repeats)
-            total = cls._measure(mats, rng, threads, repeats)
+            rates: dict[str, Rates] = {k: {} for k in tiny}
+            for shape in shapes:
+                mats = formats(_pruned_4bit(rng, shape))
+                total = cls._measure(mats, rng, threads, repeats)
+                for k, mat in mats.items():
+                    rates[k][shape[0] * shape[1]] = tuple(
+                        cls.work(k, shape, mat.nnz, b) / max(t - t0, 1e-3 * t)
+                        for b, t, t0 in zip(TIME_MODEL_BATCHES, total[k], fixed[k], strict=True))
         finally:
+            torch.set_num_threads(torch_threads)
             if limit is not None:
                 limit.restore_original_limits()
-        rates = {k: tuple(cls.work(k, shape, mats[k].nnz, b) / max(t - t0, 1e-3 * t)
-                          for b, t, t0 in zip(TIME_MODEL_BATCHES, total[k], fixed[k],
-                                              strict=True))
-                 for k in mats}
         return cls(rates, overhead=fixed)
 
     @staticmethod
@@ -182,6 +212,35 @@ class TimeModel:
             for name in mats:
                 out[name].append(best[name])
         return {k: tuple(v) for k, v in out.items()}
+
+
+def _pruned_4bit(rng: Any, shape: tuple[int, int]) -> Any:
+    """A Gaussian matrix with the smallest 90% set to zero and the rest rounded to 4-bit
+    levels (step = max/7): the skewed value counts of a real pruned layer (most kept weights
+    sit just above the threshold), which set how long CER/CSER groups are."""
+    import numpy as np
+
+    g = rng.standard_normal(shape)
+    a = np.abs(g)
+    step = a.max() / 7
+    return (np.round(g / step) * (a >= np.quantile(a, 0.9)) * step).astype(np.float32)
+
+
+class _TorchDense:
+    """The dense competitor as ``convert_model`` leaves it: a float32 tensor and torch's
+    matmul (``dot`` takes numpy like the formats; the conversion shares memory)."""
+
+    def __init__(self, w: Any):
+        import torch
+
+        self.weight = torch.from_numpy(w)
+        self.shape = tuple(w.shape)
+        self.nnz = int(w.size)
+
+    def dot(self, x: Any, threads: int | None = None) -> Any:
+        import torch
+
+        return self.weight @ torch.from_numpy(x)
 
 
 _DEFAULT_MODEL: dict[int, TimeModel] = {}
