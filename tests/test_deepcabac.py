@@ -435,3 +435,19 @@ def test_trellis_matches_the_exhaustive_search(ctx_mode, use_f, seed):
         ref = _reference_trellis(w, sc, fw, i0, i0 + row_len, lo, row_len, s0, p0, lam, g,
                                  ctx_mode, sigc, signc, magc, egpre, levels)
         np.testing.assert_array_equal(levels[i0:i0 + row_len], ref)
+
+
+def test_unary_length_follows_the_level_scale():
+    from dnnzip.coding import cabac
+    from dnnzip.methods.deepcabac import decode_stream
+
+    w = gauss((64, 50), 9)  # mean |w| ≈ 0.04
+    for step, want in ((0.04 / 20, cabac.FINE_G), (0.04 / 2, cabac.DEFAULT_G)):
+        stream, info = encode_array(w, step, lam=0.1, dq=True)
+        params, r = decode_stream(stream, w.shape)
+        assert params.g == want
+        np.testing.assert_array_equal(r, info.recon)
+    # an explicit g is kept whatever the scale
+    stream, _ = encode_array(w, 0.04 / 20, g=12)
+    assert decode_stream(stream, w.shape)[0].g == 12
+    assert cabac.auto_g(0.0) == cabac.DEFAULT_G

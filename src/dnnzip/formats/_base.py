@@ -347,8 +347,9 @@ class MatrixFormat:
         the product's shape and dtype (must not overlap x), filled and returned.
 
         The common case — an exact, C-contiguous 1-D ndarray in the matrix's compute dtype, one
-        thread (asked for, or implied by a small product) — skips the general checks and calls the cached compiled specialisation
-        directly (about 1 µs less per call, most of a small layer's mat-vec).
+        thread (asked for, or implied by a small product) — skips the general checks and calls
+        the cached compiled specialisation directly (about 1 µs less per call, most of a small
+        layer's mat-vec).
         """
         lean = self._lean
         if lean is not None and type(x) is np.ndarray and x.dtype is lean[0]:

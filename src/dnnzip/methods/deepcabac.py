@@ -115,13 +115,14 @@ def normalized_importance(importance: np.ndarray | None, size: int, floor: float
 
 
 def encode_array(array: np.ndarray, step: float, *, lam: float = 0.0, dq: bool = False,
-                 g: int = cabac.DEFAULT_G, ctx_mode: int = 0, chunk: int = cabac.DEFAULT_CHUNK,
+                 g: int | None = None, ctx_mode: int = 0, chunk: int = cabac.DEFAULT_CHUNK,
                  shifts: tuple[int, int] = cabac.DEFAULT_SHIFTS, row_len: int | None = None,
                  importance: np.ndarray | None = None, importance_floor: float = 0.5,
                  measure: bool = False, name: str = "") -> tuple[bytes, EncodeInfo]:
     """Quantize and code ``array`` (any shape) with step Δ. Returns (stream, info).
 
-    Rows are the first dimension unless ``row_len`` is given."""
+    Rows are the first dimension unless ``row_len`` is given; g None picks the unary length
+    from the level scale mean |w|/Δ (``cabac.auto_g``; stored in the stream)."""
     w, wmax = _float_view(array, name)
     if not (isinstance(step, (int, float)) and math.isfinite(step) and step > 0):
         raise InvalidOption(f"step must be a positive finite number, got {step!r}")
@@ -129,6 +130,9 @@ def encode_array(array: np.ndarray, step: float, *, lam: float = 0.0, dq: bool =
         raise InvalidOption(f"lam must be >= 0, got {lam!r}")
     shape = np.shape(array)
     rl = row_length(shape) if row_len is None else int(row_len)
+    if g is None:
+        scale = float(np.abs(w).mean(dtype=np.float64)) / step if w.size else 0.0
+        g = cabac.auto_g(scale)
     params = cabac.StreamParams(n=w.size, row_len=rl, step=float(step), g=int(g),
                                 ctx_mode=int(ctx_mode), dq=bool(dq),
                                 chunk=cabac.balanced_chunk(w.size, int(chunk)),
@@ -197,7 +201,7 @@ class DeepCabacCodec(Codec):
     codec_id: ClassVar[str] = "deepcabac"
 
     def __init__(self, step: float, lam: float = DEFAULT_LAM, dq: bool = True,
-                 g: int = cabac.DEFAULT_G, ctx_mode: int = 0, chunk: int = cabac.DEFAULT_CHUNK,
+                 g: int | None = None, ctx_mode: int = 0, chunk: int = cabac.DEFAULT_CHUNK,
                  shifts: tuple[int, int] | list[int] = cabac.DEFAULT_SHIFTS,
                  importance_floor: float = 0.5) -> None:
         if not (isinstance(step, (int, float)) and math.isfinite(step) and step > 0):
@@ -207,14 +211,15 @@ class DeepCabacCodec(Codec):
         self.step = float(step)
         self.lam = float(lam)
         self.dq = bool(dq)
-        self.g = int(g)
+        self.g = None if g is None else int(g)
         self.ctx_mode = int(ctx_mode)
         self.chunk = int(chunk)
         self.shifts = (int(shifts[0]), int(shifts[1]))
         self.importance_floor = float(importance_floor)
         self.importance: np.ndarray | None = None
         self.last_info: EncodeInfo | None = None
-        cabac.StreamParams(n=0, row_len=1, step=self.step, g=self.g, ctx_mode=self.ctx_mode,
+        cabac.StreamParams(n=0, row_len=1, step=self.step,
+                           g=cabac.DEFAULT_G if self.g is None else self.g, ctx_mode=self.ctx_mode,
                            dq=self.dq, chunk=self.chunk, shifts=self.shifts).validate()
         if not (math.isfinite(self.lam) and self.lam >= 0):
             raise InvalidOption(f"lam must be >= 0, got {lam!r}")
@@ -297,7 +302,7 @@ class DeepCabacMethod(Method):
                  min_snr_db: float | None = None, lam: float | None = None,
                  dq: bool | None = True,
                  chunk_size: int | None = None, importance: Mapping[str, np.ndarray] | None = None,
-                 g: int = cabac.DEFAULT_G, ctx_mode: int = 0, importance_floor: float = 0.5,
+                 g: int | None = None, ctx_mode: int = 0, importance_floor: float = 0.5,
                  offsets: Mapping[str, float] | None = None,
                  nonweight_qp: float | None = None, **other: Any) -> None:
         stray = sorted(k for k, v in other.items() if v is not None and v is not False)
@@ -337,7 +342,7 @@ class DeepCabacMethod(Method):
         self.dq = bool(dq)
         self.lam = float(lam) if lam is not None else (DEFAULT_DQ_LAM if self.dq else DEFAULT_LAM)
         self.chunk = int(chunk_size) if chunk_size else cabac.DEFAULT_CHUNK
-        self.g = int(g)
+        self.g = None if g is None else int(g)
         self.ctx_mode = int(ctx_mode)
         self.importance_floor = float(importance_floor)
         self.importance = dict(importance) if importance else {}
