@@ -115,24 +115,20 @@ def quantize(w: np.ndarray, sparsity: float, quant: str) -> np.ndarray:
 # ----------------------------------------------------------------------------- measurement
 
 
-def _inner_count(fn, min_time: float) -> int:
-    fn()
-    t0 = time.perf_counter()
-    fn()
-    return max(1, int(min_time / max(time.perf_counter() - t0, 1e-7)))
-
-
-def _timed(fn, inner: int) -> float:
-    t0 = time.perf_counter()
-    for _ in range(inner):
-        fn()
-    return (time.perf_counter() - t0) / inner
-
-
 def median_time(fn, repeats: int, min_time: float = 2e-3) -> float:
     """Median seconds of ``repeats`` calls (each timing loops until ``min_time`` elapsed)."""
-    inner = _inner_count(fn, min_time)
-    return statistics.median(_timed(fn, inner) for _ in range(repeats))
+    fn()
+    t0 = time.perf_counter()
+    fn()
+    one = time.perf_counter() - t0
+    inner = max(1, int(min_time / max(one, 1e-7)))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        times.append((time.perf_counter() - t0) / inner)
+    return statistics.median(times)
 
 
 def storage_row(w: np.ndarray) -> dict[str, Any]:
@@ -244,7 +240,6 @@ def ablation(w: np.ndarray, repeats: int) -> dict[str, float]:
         "2_naive_narrow_index": lambda: kernels.cser_matvec_naive(wshift, *narrow, x, y),
         "3_vector_gather_per_group": lambda: kernels.cser_matvec_grouped(wshift, *narrow, x, y),
         "4_sliced_16_groups": lambda: kernels.sliced_matvec(*sliced, x, xe, ys, 0.0),
-        "5_sliced_2_threads": lambda: kernels.sliced_matvec_par(*sliced, x, xe, ys, 0.0),
         # per-call overhead: the same kernel with 5 arguments, then without the dispatcher
         "6_packed_plan_5_args": lambda: kernels.packed_matvec(*packed, x, ys),
         "7_packed_entry_point": lambda: lean(x, ys),
@@ -259,13 +254,13 @@ def ablation(w: np.ndarray, repeats: int) -> dict[str, float]:
     }
     import numba
 
-    two = {k: steps.pop(k) for k in [k for k in steps if "2_threads" in k]}
     steps["numpy_dense"] = lambda: w @ x  # for the floor's bound, timed in the same block
     numba.set_num_threads(1)
     with threadpool_limits(limits=1):
         out = {k: median_time(f, repeats) for k, f in steps.items()}
     numba.set_num_threads(2)
-    out.update({k: median_time(f, repeats) for k, f in two.items()})
+    out["5_sliced_2_threads"] = median_time(
+        lambda: kernels.sliced_matvec_par(*sliced, x, xe, ys, 0.0), repeats)
     numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
     return out
 

@@ -146,6 +146,7 @@ class TimeModel:
         import numpy as np
         import torch
 
+        from .commands import prune_and_quantize
         from .cser import CSER
         from .csr import CSR
 
@@ -168,7 +169,10 @@ class TimeModel:
             fixed = cls._measure(tiny, rng, threads, repeats)
             rates: dict[str, Rates] = {k: {} for k in tiny}
             for shape in shapes:
-                mats = formats(_pruned_4bit(rng, shape))
+                # a real pruned layer's skewed value counts (most kept weights sit just above
+                # the threshold) set how long CER/CSER groups are
+                gauss = rng.standard_normal(shape).astype(np.float32)
+                mats = formats(prune_and_quantize(gauss, 0.9, 4))
                 total = cls._measure(mats, rng, threads, repeats)
                 for k, mat in mats.items():
                     rates[k][shape[0] * shape[1]] = tuple(
@@ -212,18 +216,6 @@ class TimeModel:
             for name in mats:
                 out[name].append(best[name])
         return {k: tuple(v) for k, v in out.items()}
-
-
-def _pruned_4bit(rng: Any, shape: tuple[int, int]) -> Any:
-    """A Gaussian matrix with the smallest 90% set to zero and the rest rounded to 4-bit
-    levels (step = max/7): the skewed value counts of a real pruned layer (most kept weights
-    sit just above the threshold), which set how long CER/CSER groups are."""
-    import numpy as np
-
-    g = rng.standard_normal(shape)
-    a = np.abs(g)
-    step = a.max() / 7
-    return (np.round(g / step) * (a >= np.quantile(a, 0.9)) * step).astype(np.float32)
 
 
 class _TorchDense:
