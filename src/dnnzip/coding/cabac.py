@@ -88,9 +88,9 @@ DEFAULT_SHIFTS = (7, 11)
 DEFAULT_G = 16
 #: unary flags when levels are large: once mean |w|/Δ ≥ FINE_LEVEL_SCALE most |q| exceed any g,
 #: and each "|q| > k" flag is nearly always 1 — a context-coded bin that costs decode time but
-#: few bits. Measured on all-MiniLM-L6-v2 (2 cores): g 16 → 5 at qp −38 (mean |q| ≈ 35) cut
-#: decode 21% and encode 31% for +0.25% size, at qp −32 decode 16% for +0.37%; at qp −26
-#: (mean |q| ≈ 4) neither time nor size moved, so coarse levels keep DEFAULT_G.
+#: few bits. On all-MiniLM-L6-v2, 2 cores (benchmarks/deepcabac_speed.py, ``g_ablation``):
+#: against g = 16 everywhere, decode ×1.27 for +0.24% size at qp −38 (mean |q| ≈ 35), ×1.05
+#: for +0.37% at qp −32; levels of mean |q| ≈ 4 (qp −26) moved neither, so they keep DEFAULT_G.
 FINE_G = 5
 FINE_LEVEL_SCALE = 8.0
 DEFAULT_CHUNK = 1 << 15
