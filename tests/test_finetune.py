@@ -379,3 +379,7 @@ def test_grid_training_bad_input():
     for bad in (0.0, -1.0, float("nan")):
         with pytest.raises(InvalidOption, match="positive"):
             GridTraining(net, {"fc1.weight": bad})
+    net.register_parameter("counts", nn.Parameter(torch.zeros(3, dtype=torch.long),
+                                                  requires_grad=False))
+    with pytest.raises(InvalidOption, match="not a float parameter"):
+        GridTraining(net, {"counts": 0.1})
