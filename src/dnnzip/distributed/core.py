@@ -222,6 +222,19 @@ _CHUNK = 8192
 _FLAGS = threading.local()
 
 
+def _scratch(name: str, size: int, dtype) -> np.ndarray:
+    """A per-thread scratch array of ``size`` elements, reused (and grown) between calls:
+    only for intermediate results that no returned object keeps."""
+    bufs = getattr(_FLAGS, "scratch", None)
+    if bufs is None:
+        bufs = _FLAGS.scratch = {}
+    key = (name, np.dtype(dtype).str)
+    buf = bufs.get(key)
+    if buf is None or buf.size < size:
+        buf = bufs[key] = np.empty(max(size, 1), dtype=dtype)
+    return buf[:size]
+
+
 def _flag_chunk() -> np.ndarray:
     """The per-thread scratch of ``_CHUNK`` flag bytes (a multiple of 8)."""
     buf = getattr(_FLAGS, "buf", None)
@@ -242,26 +255,105 @@ def _sample_updated(acc, g, u, m, use_mom, idx, out):
         out[j] = acc[i] + d
 
 
+#: bins of the histogram selection (a power of two, the histogram stays in L1)
+_SELECT_BINS = 1024
+
+
 @njit(cache=True)
-def _pick_sorted(key, cand, vals, t, k, out, out_vals):
-    """From candidates ``cand`` (increasing positions) with keys ``key``, where t is the
-    k-th largest key: every key > t, then the first keys == t until k are taken. Writes the
-    chosen positions, still increasing, into out and their ``vals`` into out_vals."""
+def _kth_largest_key(vals, mode, k, scratch):
+    """The k-th largest key(vals) (mode 0: v, 1: −v, 2: |v|), 1 ≤ k ≤ vals.size, exact.
+
+    Histogram selection instead of quickselect, whose data-dependent branches mispredict
+    on every other element: one pass for min/max, one that counts the keys per linear bin
+    ⌊(x − min)·B/(max − min)⌋ (monotone in x: IEEE subtraction and multiplication never
+    reverse an order, so a bin holds a contiguous key range), one branch-free pass that
+    copies the bin holding the answer into ``scratch`` (float64, ≥ vals.size), then the
+    same on that bin until it is small enough to sort (at most 8 rounds: keys spread over
+    many magnitudes end in the sort, O(n log n)). The keys are finite (the caller checked
+    the update)."""
+    n = vals.size
+    w = scratch[:n]
+    for i in range(n):
+        w[i] = _key(vals[i], mode)
+    counts = np.zeros(_SELECT_BINS, dtype=np.int64)
+    need = k  # the answer is the need-th largest of w[:n]
+    rounds = 0
+    while n > 64 and rounds < 8:  # each round shrinks n; skewed keys may need the sort
+        rounds += 1
+        lo = w[0]
+        hi = w[0]
+        for i in range(n):
+            lo = min(lo, w[i])
+            hi = max(hi, w[i])
+        if lo == hi:
+            return lo
+        scale = (_SELECT_BINS - 1) / (hi - lo)
+        counts[:] = 0
+        for i in range(n):
+            counts[int((w[i] - lo) * scale)] += 1
+        above = 0
+        b = _SELECT_BINS - 1
+        while above + counts[b] < need:
+            above += counts[b]
+            b -= 1
+        need -= above
+        m = 0
+        for i in range(n):  # stable compaction of bin b to the front (m ≤ i: in place)
+            x = w[i]
+            w[m] = x
+            m += int((x - lo) * scale) == b
+        n = m
+    w[:n].sort()
+    return w[n - need]
+
+
+@njit(cache=True)
+def _pick_top(vals, mode, k, cand, out, out_vals, scratch):
+    """From candidates ``cand`` (increasing positions) with values ``vals``: the k largest
+    keys (``_key`` mode) — every key above the k-th largest t, then the first keys equal to
+    t until k are taken. Writes the chosen positions, still increasing, into out and their
+    values into out_vals, both of at least k + 1 elements: the pick is branch-free and
+    writes one slot past the last taken (``scratch``: see ``_kth_largest_key``)."""
+    t = _kth_largest_key(vals, mode, k, scratch)
     above = 0
-    for j in range(key.size):
-        if key[j] > t:
-            above += 1
+    for j in range(vals.size):
+        above += _key(vals[j], mode) > t
     ties = k - above
     n = 0
-    for j in range(key.size):
-        x = key[j]
-        if x > t or (x == t and ties > 0):
-            if x == t:
-                ties -= 1
-            out[n] = cand[j]
-            out_vals[n] = vals[j]
-            n += 1
+    for j in range(vals.size):
+        x = _key(vals[j], mode)
+        tie = x == t
+        take = (x > t) | (tie & (ties > 0))
+        out[n] = cand[j]
+        out_vals[n] = vals[j]
+        n += take
+        ties -= tie & take
     return n
+
+
+@njit(cache=True)
+def _sample_extremes(sample, r, use_abs, two_sided):
+    """(r-th largest key, r-th smallest value) of the sample, key = |x| with ``use_abs``
+    (−∞ for the second unless two_sided): two size-r heaps in one pass."""
+    m = sample.size
+    top = np.empty(r, dtype=np.float64)
+    bottom = np.empty(r, dtype=np.float64)  # negated values: a min-heap of −x
+    for i in range(r):
+        x = abs(sample[i]) if use_abs else np.float64(sample[i])
+        top[i] = x
+        bottom[i] = -x
+    for start in range(r // 2 - 1, -1, -1):
+        _sift(top, start, r)
+        _sift(bottom, start, r)
+    for i in range(r, m):
+        x = abs(sample[i]) if use_abs else np.float64(sample[i])
+        if x > top[0]:
+            top[0] = x
+            _sift(top, 0, r)
+        if two_sided and -x > bottom[0]:
+            bottom[0] = -x
+            _sift(bottom, 0, r)
+    return top[0], (-bottom[0] if two_sided else -np.inf)
 
 
 @njit(cache=True)
@@ -274,7 +366,7 @@ def _top_small(v, k, mode, out, out_vals):
     """Exact top-k of key(v) (mode 0: v, 1: −v, 2: |v|) for a small tensor, 0 < k < n:
     a size-k min-heap finds the k-th largest key t in one pass (O(n log k), few sift-downs
     on unsorted data), then one ordered pass takes every key > t and the earliest keys == t
-    — the same rule as ``_pick_sorted``. Positions increasing, with their values."""
+    — the same rule as ``_pick_top``. Positions increasing, with their values."""
     heap = np.empty(k, dtype=np.float64)
     for i in range(k):
         heap[i] = _key(v[i], mode)
@@ -340,6 +432,52 @@ def _add_at(acc, positions, values, scale, sign):
             acc[positions[j]] += sign * scale
 
 
+@njit(cache=True)
+def _small_select(a, g, u, m, use_mom, consume, k, two, top, tv, bottom, bv):
+    """The whole small-tensor path in one call: a += d (``_accumulate``), then the top-k
+    of a (|a| unless ``two``) into top/tv and, with ``two``, the bottom-k into bottom/bv
+    (``_top_small``)."""
+    _accumulate(a, g, u, m, use_mom, consume)
+    _top_small(a, k, 0 if two else 2, top, tv)
+    if two:
+        _top_small(a, k, 1, bottom, bv)
+
+
+@njit(cache=True)
+def _small_sbc(a, g, u, m, use_mom, consume, k):
+    """``_small_select`` for SBC followed by ``_sbc_side``: (positions, μ)."""
+    top = np.empty(k, dtype=np.int64)
+    tv = np.empty(k, dtype=a.dtype)
+    bottom = np.empty(k, dtype=np.int64)
+    bv = np.empty(k, dtype=a.dtype)
+    _small_select(a, g, u, m, use_mom, consume, k, True, top, tv, bottom, bv)
+    return _sbc_side(top, tv, bottom, bv)
+
+
+@njit(cache=True)
+def _sampled_extremes(acc, g, u, m, use_mom, idx, r, use_abs, two_sided):
+    """``_sample_extremes`` of the values the fused pass is about to produce at the sample
+    positions ``idx`` (``_sample_updated``), in one call."""
+    sample = np.empty(idx.size, dtype=acc.dtype)
+    _sample_updated(acc, g, u, m, use_mom, idx, sample)
+    return _sample_extremes(sample, r, use_abs, two_sided)
+
+
+@njit(cache=True)
+def _sbc_from_candidates(k, cand_hi, val_hi, mode_hi, cand_lo, val_lo, mode_lo, scratch):
+    """SBC from the fused pass's candidates: the top-k among (cand_hi, val_hi) and the
+    bottom-k among (cand_lo, val_lo) (``_pick_top``; the caller passes modes 0 and 1 —
+    as arguments: with both as constants LLVM compiled the two inlined selections
+    several times slower), then ``_sbc_side``: (positions, μ)."""
+    top = np.empty(k + 1, dtype=np.int64)
+    tv = np.empty(k + 1, dtype=val_hi.dtype)
+    _pick_top(val_hi, mode_hi, k, cand_hi, top, tv, scratch)
+    bottom = np.empty(k + 1, dtype=np.int64)
+    bv = np.empty(k + 1, dtype=val_lo.dtype)
+    _pick_top(val_lo, mode_lo, k, cand_lo, bottom, bv, scratch)
+    return _sbc_side(top[:k], tv[:k], bottom[:k], bv[:k])
+
+
 def _partial_top(values: np.ndarray, k: int) -> np.ndarray:
     """Positions of the k largest ``values`` (one argpartition; all if fewer)."""
     if values.size <= k:
@@ -347,23 +485,24 @@ def _partial_top(values: np.ndarray, k: int) -> np.ndarray:
     return np.argpartition(values, values.size - k)[values.size - k :]
 
 
-def _thresholds(sample: np.ndarray, n: int, k: int, use_abs: bool, two_sided: bool = True):
-    """Upper/lower sample quantiles with ≈ k + 4√k + 8 of the n entries beyond each (the
-    sample count is binomial: 4 standard deviations of margin), and the candidate capacity.
-    Without ``two_sided`` the lower one is −∞. One partition per side (a partition with two
-    kth values costs several times one)."""
-    if use_abs:
-        sample = np.abs(sample)
-    m = sample.size
+def _sample_rank(m: int, n: int, k: int) -> int:
+    """r: the sample quantile rank with ≈ k + 4√k + 8 of the n entries beyond it (the
+    sample count is binomial: 4 standard deviations of margin)."""
     expect = k * m / n
-    r = min(m, int(expect + 4.0 * math.sqrt(expect) + 8))
-    part = np.partition(sample, m - r)
-    hi = float(part[m - r])
-    lo = -math.inf
-    if two_sided:
-        low = part[: m - r + 1] if r <= m - r + 1 else sample  # the r smallest are in there
-        lo = float(np.partition(low, r - 1)[r - 1])
-    return hi, lo, int(4 * (k + 4 * math.sqrt(k) + 8) + 64)
+    return max(1, min(m, int(expect + 4.0 * math.sqrt(expect) + 8)))
+
+
+def _capacity(k: int) -> int:
+    """Candidates collected at most per side before the exact fallback runs."""
+    return int(4 * (k + 4 * math.sqrt(k) + 8) + 64)
+
+
+def _thresholds(sample: np.ndarray, n: int, k: int, use_abs: bool, two_sided: bool = True):
+    """Upper/lower sample quantiles of rank ``_sample_rank`` and the candidate capacity.
+    Without ``two_sided`` the lower one is −∞; the upper one is of |sample| with
+    ``use_abs``. One compiled pass over the sample (``_sample_extremes``)."""
+    hi, lo = _sample_extremes(sample, _sample_rank(sample.size, n, k), use_abs, two_sided)
+    return float(hi), float(lo), _capacity(k)
 
 
 @lru_cache(maxsize=256)
@@ -377,14 +516,12 @@ def _sample_index(n: int, seed: int) -> np.ndarray:
 
 def _top_of_candidates(cand, vals, k, use_abs, negate):
     """The k largest keys (vals, |vals| or −vals) among the candidates (increasing
-    positions), still increasing, with their values: one partition of the keys finds the
-    k-th, one compiled pass picks."""
-    key = np.abs(vals) if use_abs else (-vals if negate else vals)
-    t = np.partition(key, key.size - k)[key.size - k]
-    out = np.empty(k, dtype=np.int64)
-    out_vals = np.empty(k, dtype=vals.dtype)
-    _pick_sorted(key, cand, vals, t, k, out, out_vals)
-    return out, out_vals
+    positions), still increasing, with their values: one compiled selection and pick."""
+    out = np.empty(k + 1, dtype=np.int64)
+    out_vals = np.empty(k + 1, dtype=vals.dtype)
+    _pick_top(vals, 2 if use_abs else (1 if negate else 0), k, cand, out, out_vals,
+              _scratch("keys", vals.size, np.float64))
+    return out[:k], out_vals[:k]
 
 
 def _finish(v, k, nh, nl, out_hi, out_lo, cap, use_abs, two_sided, val_hi=None, val_lo=None):
@@ -528,17 +665,28 @@ def _signed_part(vals, idx, positive):
     return out[:n], total
 
 
+@njit(cache=True)
+def _sbc_side(top, tv, bottom, bv):
+    """SBC's choice from the selected extremes: μ₊ = mean of the top entries > 0, μ₋ =
+    mean of the bottom entries < 0 (float64, sequential sums); the side with the larger
+    |μ| (ties: positive). Returns (its positions, μ); no positions and μ = 0 when no
+    selected entry is non-zero."""
+    pos, s_pos = _signed_part(tv, top, True)
+    neg, s_neg = _signed_part(bv, bottom, False)
+    if pos.size == 0 and neg.size == 0:
+        return pos, 0.0
+    mu_pos = s_pos / pos.size if pos.size else 0.0
+    mu_neg = s_neg / neg.size if neg.size else 0.0
+    if mu_pos >= -mu_neg:
+        return pos, mu_pos
+    return neg, mu_neg
+
+
 def _sbc_message(v: np.ndarray, top: np.ndarray, tv: np.ndarray, bottom: np.ndarray,
                  bv: np.ndarray) -> Message:
     """μ₊ = mean of the selected entries > 0, μ₋ = mean of those < 0; keep the larger |μ|.
     ``top``/``bottom`` are increasing positions, tv/bv their values (``_select``)."""
-    pos, s_pos = _signed_part(tv, top, True)
-    neg, s_neg = _signed_part(bv, bottom, False)
-    if pos.size == 0 and neg.size == 0:
-        return Message("sbc", v.size, np.empty(0, dtype=np.int64), 0.0)
-    mu_pos = s_pos / pos.size if pos.size else 0.0
-    mu_neg = s_neg / neg.size if neg.size else 0.0
-    keep, mu = (pos, mu_pos) if mu_pos >= -mu_neg else (neg, mu_neg)
+    keep, mu = _sbc_side(top, tv, bottom, bv)
     return Message("sbc", v.size, keep, float(np.float32(mu)))
 
 
@@ -649,16 +797,14 @@ class Compressor:
         )
         if small:  # two compiled calls instead of a dozen small array operations
             a = acc.numpy()
-            un = momentum_buffer.numpy() if use_mom else np.empty(1, dtype=np.float32)
-            _accumulate(a, g.numpy(), un, np.float32(momentum), use_mom, consume)
-            two = self.method == "sbc"
+            un = momentum_buffer.numpy() if use_mom else _NO_MOMENTUM
+            m = np.float32(momentum)
+            if self.method == "sbc":
+                keep, mu = _small_sbc(a, g.numpy(), un, m, use_mom, consume, k)
+                return Message("sbc", n, keep, float(np.float32(mu)))
             top, tv = np.empty(k, np.int64), np.empty(k, a.dtype)
-            _top_small(a, k, 0 if two else 2, top, tv)
-            bottom = bv = None
-            if two:
-                bottom, bv = np.empty(k, np.int64), np.empty(k, a.dtype)
-                _top_small(a, k, 1, bottom, bv)
-            return _build(self.method, a, top, tv, bottom, bv)
+            _small_select(a, g.numpy(), un, m, use_mom, consume, k, False, top, tv, top, tv)
+            return _build(self.method, a, top, tv, None, None)
         if not fused:
             if use_mom:
                 momentum_buffer.mul_(momentum).add_(g)
@@ -670,22 +816,27 @@ class Compressor:
             return self(acc)
         a = acc.numpy()
         gn = g.numpy()
-        un = momentum_buffer.numpy() if use_mom else np.empty(1, dtype=np.float32)
+        un = momentum_buffer.numpy() if use_mom else _NO_MOMENTUM
         m = np.float32(momentum)
         s = _sample_index(n, 0)
-        sample = np.empty(s.size, dtype=a.dtype)
-        _sample_updated(a, gn, un, m, use_mom, s, sample)
         two = self.method == "sbc"
         use_abs = not two
-        hi, lo, cap = _thresholds(sample, n, k, use_abs, two)
-        out_hi = np.empty(cap, dtype=np.int64)
-        val_hi = np.empty(cap, dtype=a.dtype)
-        out_lo = np.empty(cap if two else 1, dtype=np.int64)
-        val_lo = np.empty(cap if two else 1, dtype=a.dtype)
+        hi, lo = _sampled_extremes(a, gn, un, m, use_mom, s, _sample_rank(s.size, n, k),
+                                   use_abs, two)
+        cap = _capacity(k)
+        # candidate buffers are reused between calls: fresh ones cost page faults per step
+        out_hi = _scratch("out_hi", cap, np.int64)
+        val_hi = _scratch("val_hi", cap, a.dtype)
+        out_lo = _scratch("out_lo", cap if two else 1, np.int64)
+        val_lo = _scratch("val_lo", cap if two else 1, a.dtype)
         nh, nl = _accumulate_collect(a, gn, un, m, use_mom, consume, use_abs, hi, lo,
                                      _flag_chunk(), cap, out_hi, val_hi, out_lo, val_lo)
         if not (k <= nh <= cap and (not two or k <= nl <= cap)):
             self.fallbacks += 1
+        elif two:  # the usual SBC case: selection and message in one compiled call
+            keep, mu = _sbc_from_candidates(k, out_hi[:nh], val_hi[:nh], 0, out_lo[:nl],
+                                            val_lo[:nl], 1, _scratch("keys", cap, np.float64))
+            return Message("sbc", n, keep, float(np.float32(mu)))
         return _build(self.method, a,
                       *_finish(a, k, nh, nl, out_hi, out_lo, cap, use_abs, two, val_hi, val_lo))
 
@@ -832,3 +983,4 @@ def _subtract(acc: torch.Tensor, msg: Message, sign: int = -1) -> None:
 
 
 _NO_VALUES = np.empty(0, dtype=np.float32)
+_NO_MOMENTUM = np.empty(1, dtype=np.float32)  # placeholder u when there is no momentum

@@ -61,7 +61,12 @@ def _merge_mean(flat, positions, rank_start, offsets, starts, scales, negative, 
     and stored once at starts[j] + p − offsets[j]. value: sbc → scales[r, j],
     stc → ±scales[r, j] (negative), topk → values. O(world · |union|), every output
     position touched once, in increasing order."""
+    vals = values if mode == 2 else _entry_values(positions, rank_start, offsets, scales,
+                                                  negative, mode == 1)
     w = rank_start.size - 1
+    if w == 2:
+        _merge_pair(flat, positions, rank_start, offsets, starts, vals, world)
+        return
     head = rank_start[:w].copy()
     last = np.iinfo(np.int64).max
     j = 0
@@ -78,15 +83,57 @@ def _merge_mean(flat, positions, rank_start, offsets, starts, scales, negative, 
         for r in range(w):
             h = head[r]
             if h < rank_start[r + 1] and positions[h] == p:
-                if mode == 0:
-                    v = scales[r, j]
-                elif mode == 1:
-                    v = -scales[r, j] if negative[h] else scales[r, j]
-                else:
-                    v = values[h]
-                s = np.float32(s + v)
+                s = np.float32(s + vals[h])
                 head[r] = h + 1
         flat[starts[j] + p - offsets[j]] = s / world
+
+
+@njit(cache=True)
+def _entry_values(positions, rank_start, offsets, scales, negative, signed):
+    """The float32 value of every packet entry: scales[r, j] of its worker r and slot j,
+    negated where ``negative`` with ``signed`` (stc). One pass; the merge then reads values
+    without per-entry method branches, which made it several times slower."""
+    out = np.empty(positions.size, dtype=np.float32)
+    for r in range(rank_start.size - 1):
+        j = 0
+        for h in range(rank_start[r], rank_start[r + 1]):
+            while positions[h] >= offsets[j + 1]:
+                j += 1
+            out[h] = scales[r, j]
+        if signed:
+            for h in range(rank_start[r], rank_start[r + 1]):
+                if negative[h]:
+                    out[h] = -out[h]
+    return out
+
+
+@njit(cache=True)
+def _merge_pair(flat, positions, rank_start, offsets, starts, vals, world):
+    """``_merge_mean`` for two workers, the same sums in the same order: which worker sent
+    the next position is data, so instead of branching on it (a misprediction at about
+    every other position) both heads advance by their match flags."""
+    i = 0
+    ie = rank_start[1]
+    h = rank_start[1]
+    he = rank_start[2]
+    last = np.iinfo(np.int64).max
+    j = 0
+    while i < ie or h < he:
+        a = positions[i] if i < ie else last
+        b = positions[h] if h < he else last
+        p = min(a, b)
+        while p >= offsets[j + 1]:
+            j += 1
+        ta = a == p
+        tb = b == p
+        s = np.float32(0.0)
+        if ta:
+            s = np.float32(s + vals[i])
+        if tb:
+            s = np.float32(s + vals[h])
+        flat[starts[j] + p - offsets[j]] = s / world
+        i += ta
+        h += tb
 
 
 class Exchanger:
@@ -233,7 +280,12 @@ class Exchanger:
         fast = (flat_out is not None and flat_out.device.type == "cpu"
                 and flat_out.dtype == torch.float32 and flat_out.is_contiguous()
                 and self.method != "dense")
-        status = STATUS_OK if all(all_finite(u) for u in updates) else STATUS_NONFINITE
+        # updates that are their own outputs (a DDP bucket) are checked in one pass over
+        # the flat buffer instead of one per tensor
+        own = [fast and _same_memory(u, o) for u, o in zip(updates, out, strict=True)]
+        finite = all_finite(flat_out) if own and all(own) else all(all_finite(u)
+                                                                    for u in updates)
+        status = STATUS_OK if finite else STATUS_NONFINITE
         messages: list[Message] = []
         if status == STATUS_OK:
             for j, (s, u) in enumerate(zip(slots, updates, strict=True)):
@@ -244,7 +296,7 @@ class Exchanger:
                         buf = torch.zeros_like(u, dtype=torch.float32)
                         momentum_buffers[s.name] = buf
                 if s.compressed:
-                    consume = fast and not zeroed[j] and _same_memory(u, out[j])
+                    consume = own[j] and not zeroed[j]
                     messages.append(self.residual.accumulate_compress(
                         s.name, u, self.compressor, buf, momentum, consume=consume))
                     zeroed[j] = zeroed[j] or consume

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
+from numba import njit
 
 from ..codec import CorruptPayload, InvalidOption
 from ..coding.golomb import (
@@ -69,6 +70,40 @@ class RawPacket(NamedTuple):
     values: np.ndarray | None
     negative: np.ndarray | None
     bounds: np.ndarray
+
+
+_EMPTY_F32 = np.empty(0, dtype=np.float32)
+
+
+@njit(cache=True)
+def _finite(arr):
+    for x in arr:
+        if not np.isfinite(x):
+            return False
+    return True
+
+
+@njit(cache=True)
+def _check_packet(positions, offsets, k, bounds, scales, dense_vals, values):
+    """bounds[j] = first index of ``positions`` (increasing) at or beyond offsets[j]
+    (``np.searchsorted``, by one merge). Returns −1 if the packet is sound, −2/−3/−4 for a
+    non-finite scale / dense value / value, else the first slot with more than k[j]
+    positions."""
+    if not _finite(scales):
+        return -2
+    if not _finite(dense_vals):
+        return -3
+    if not _finite(values):
+        return -4
+    i = 0
+    for j in range(offsets.size):
+        while i < positions.size and positions[i] < offsets[j]:
+            i += 1
+        bounds[j] = i
+    for j in range(k.size):
+        if bounds[j + 1] - bounds[j] > k[j]:
+            return j
+    return -1
 
 
 class PacketCodec:
@@ -201,17 +236,19 @@ class PacketCodec:
         return self._validated(positions, scales, dense_vals, values, negative)
 
     def _validated(self, positions, scales, dense_vals, values, negative) -> RawPacket:
-        """Reject non-finite floats and slots with more than k positions."""
-        for arr, what in ((scales, "scale"), (dense_vals, "dense value"), (values, "value")):
-            if arr is not None and arr.size and not np.isfinite(arr).all():
-                raise CorruptPayload(f"packet holds a non-finite {what}")
-        bounds = np.searchsorted(positions, self.offsets)
-        counts = np.diff(bounds)
-        if counts.size and (counts > self._k_array).any():
-            j = int(np.argmax(counts > self._k_array))
+        """Reject non-finite floats and slots with more than k positions (one compiled
+        check, ``_check_packet``)."""
+        bounds = np.empty(self.offsets.size, dtype=np.int64)
+        bad = _check_packet(positions, self.offsets, self._k_array, bounds,
+                            _EMPTY_F32 if scales is None else scales, dense_vals,
+                            _EMPTY_F32 if values is None else values)
+        if bad < -1:
+            what = {-2: "scale", -3: "dense value", -4: "value"}[bad]
+            raise CorruptPayload(f"packet holds a non-finite {what}")
+        if bad >= 0:
             raise CorruptPayload(
-                f"slot {self.slots[self.compressed_index[j]].name!r} has {int(counts[j])} "
-                f"positions, k = {self.k[j]}"
+                f"slot {self.slots[self.compressed_index[bad]].name!r} has "
+                f"{int(bounds[bad + 1] - bounds[bad])} positions, k = {self.k[bad]}"
             )
         return RawPacket(positions, scales, dense_vals, values, negative, bounds)
 
