@@ -57,38 +57,44 @@ class EncodeInfo:
 
 @njit(cache=True, parallel=True, nogil=True)
 def _scan(w):
-    """(count of non-finite values, max |w| over the finite ones) in one parallel pass."""
+    """(count of non-finite values, max |w| over the finite ones, Σ|w| in float64 — the
+    level scale of ``cabac.auto_g`` — over the finite ones) in one parallel pass."""
     nb = 64
     block = -(-w.size // nb)
     bad = np.zeros(nb, dtype=np.int64)
     top = np.zeros(nb, dtype=np.float32)
+    total = np.zeros(nb, dtype=np.float64)
     for b in prange(nb):
         c = 0
         m = np.float32(0.0)
+        t = 0.0
         for i in range(b * block, min(w.size, (b + 1) * block)):
             v = w[i]
             if not np.isfinite(v):
                 c += 1
-            elif abs(v) > m:
-                m = abs(v)
+            else:
+                m = max(m, abs(v))
+                t += abs(v)
         bad[b] = c
         top[b] = m
-    return bad.sum(), top.max()
+        total[b] = t
+    return bad.sum(), top.max(), total.sum()
 
 
-def _float_view(array: np.ndarray, name: str = "") -> tuple[np.ndarray, float]:
-    """Flat contiguous float32 view of ``array`` and its max |w| (NaN/Inf refused)."""
+def _float_view(array: np.ndarray, name: str = "") -> tuple[np.ndarray, float, float]:
+    """Flat contiguous float32 view of ``array``, its max |w| and mean |w| (NaN/Inf
+    refused)."""
     a = np.asarray(array)
     if a.dtype.kind != "f" and not str(a.dtype).startswith("bfloat"):
         raise InvalidOption(f"DeepCABAC codes float tensors, got {a.dtype}{_tag(name)}")
     a = np.ascontiguousarray(a, dtype=np.float32).reshape(-1)
     if not a.size:
-        return a, 0.0
-    bad, peak = _scan(a)
+        return a, 0.0, 0.0
+    bad, peak, total = _scan(a)
     if bad:
         raise InvalidOption(f"tensor{_tag(name)} has {int(bad)} NaN/Inf values; refusing to "
                             f"code it")
-    return a, float(peak)
+    return a, float(peak), float(total) / a.size
 
 
 def _tag(name: str) -> str:
@@ -123,7 +129,7 @@ def encode_array(array: np.ndarray, step: float, *, lam: float = 0.0, dq: bool =
 
     Rows are the first dimension unless ``row_len`` is given; g None picks the unary length
     from the level scale mean |w|/Δ (``cabac.auto_g``; stored in the stream)."""
-    w, wmax = _float_view(array, name)
+    w, wmax, mean_abs = _float_view(array, name)
     if not (isinstance(step, (int, float)) and math.isfinite(step) and step > 0):
         raise InvalidOption(f"step must be a positive finite number, got {step!r}")
     if not (math.isfinite(lam) and lam >= 0):
@@ -131,8 +137,7 @@ def encode_array(array: np.ndarray, step: float, *, lam: float = 0.0, dq: bool =
     shape = np.shape(array)
     rl = row_length(shape) if row_len is None else int(row_len)
     if g is None:
-        scale = float(np.abs(w).mean(dtype=np.float64)) / step if w.size else 0.0
-        g = cabac.auto_g(scale)
+        g = cabac.auto_g(mean_abs / step)
     params = cabac.StreamParams(n=w.size, row_len=rl, step=float(step), g=int(g),
                                 ctx_mode=int(ctx_mode), dq=bool(dq),
                                 chunk=cabac.balanced_chunk(w.size, int(chunk)),
@@ -399,7 +404,7 @@ class DeepCabacMethod(Method):
             return  # QP fixed (given, or found by fit_to_metric) and offsets known
         samples = []
         for name, array in tensors:
-            w, _ = _float_view(array, name)
+            w, _, _ = _float_view(array, name)
             samples.append(stepsize.TensorSample.take(name, w, row_length(np.shape(array))))
         if not self.offsets and self.importance:
             means = {n: float(np.mean(self.importance[n], dtype=np.float64))
