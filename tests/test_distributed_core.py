@@ -450,7 +450,13 @@ def test_flat_averaging_equals_the_generic_path(method, workers):
         decoded.append(codec.decode(data))
     ex = Exchanger(method, 0.05)
     flat = torch.zeros(base.size)
-    ex._average_flat(codec, slots, raws, flat, workers)
+    ex._average_flat(codec, slots, raws, [flat], workers)
+    # the same slots spread over two buffers (several DDP buckets in one round): a dense
+    # slot ends the first, the empty slot sits at the start of the second
+    first = 50_000 + 7
+    parts = [torch.zeros(first), torch.zeros(base.size - first)]
+    ex._average_flat(codec, slots, raws, parts, workers)
+    assert torch.equal(torch.cat(parts), flat)
     generic = [torch.zeros(s.numel) for s in slots]
     for msgs in decoded:
         for o, m in zip(generic, msgs, strict=True):

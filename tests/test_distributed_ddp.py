@@ -55,12 +55,19 @@ def _max_diff(model: nn.Module) -> float:
     return max(float((o - flat).abs().max()) for o in outs)
 
 
-def _train_ddp(rank, steps, state=None, nan_at=-1, momentum=0.0):
+def _counting_hook(state, bucket):
+    """sbc_hook, noting how many buckets DDP hands it per step."""
+    state.buckets_seen = max(getattr(state, "buckets_seen", 0), bucket.index() + 1)
+    return sbc_hook(state, bucket)
+
+
+def _train_ddp(rank, steps, state=None, nan_at=-1, momentum=0.0, bucket_cap_mb=None):
     model = _model()
-    ddp = nn.parallel.DistributedDataParallel(model)
+    ddp = (nn.parallel.DistributedDataParallel(model) if bucket_cap_mb is None else
+           nn.parallel.DistributedDataParallel(model, bucket_cap_mb=bucket_cap_mb))
     if state is not None:
         state = state(model)
-        ddp.register_comm_hook(state, sbc_hook)
+        ddp.register_comm_hook(state, _counting_hook)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=momentum)
     for step in range(steps):
         x, y = _data(rank, step)
@@ -83,6 +90,18 @@ def _scenarios(rank: int, port: int, out_dir: str) -> None:
         res["lossless_equal"] = all(torch.equal(a, b) for a, b in
                                     zip(ref.parameters(), full.parameters(), strict=True))
         res["lossless_diff"] = _max_diff(full)
+        # several buckets (1 KB each), all exchanged in one round at the last one
+        split, st = _train_ddp(rank, 5, lambda m: SBCState(m, 1.0, method="topk",
+                                                            min_compress_numel=0),
+                               bucket_cap_mb=0.001)
+        res["lossless_buckets_equal"] = all(torch.equal(a, b) for a, b in
+                                            zip(ref.parameters(), split.parameters(),
+                                                strict=True))
+        res["lossless_buckets_rounds"] = st.exchanger.timings["calls"]
+        res["lossless_buckets_seen"] = st.buckets_seen
+        model, st = _train_ddp(rank, 8, lambda m: SBCState(m, 0.05, momentum=0.9),
+                               momentum=0.0, bucket_cap_mb=0.001)
+        res["hook_buckets_diff"] = _max_diff(model)
 
         # 2. SBC hook, both wires, momentum correction; checkpoint round trip
         for wire in ("golomb", "padded"):
@@ -110,6 +129,12 @@ def _scenarios(rank: int, port: int, out_dir: str) -> None:
             res["nan_hook"] = "no error"
         except Exception as exc:  # noqa: BLE001 - DDP may wrap the hook's error
             res["nan_hook"] = type(exc).__name__ + ": " + str(exc)[:300]
+
+        try:  # the same with two buckets: the pending one must not be left waiting
+            _train_ddp(rank, 4, lambda m: SBCState(m, 0.05), nan_at=3, bucket_cap_mb=0.001)
+            res["nan_hook_buckets"] = "no error"
+        except Exception as exc:  # noqa: BLE001
+            res["nan_hook_buckets"] = type(exc).__name__ + ": " + str(exc)[:300]
 
         # 4. averager (delay 3), STC; a NaN in rank 1's model with nonfinite="skip"
         model = _model()
@@ -214,14 +239,19 @@ def test_hook_and_averager_scenarios(tmp_path):
     for rank, res in enumerate(results):
         assert res is not None and "error" not in res, (rank, res)
         assert res["lossless_equal"] is True
-        for key in ("lossless_diff", "hook_golomb_diff", "hook_padded_diff", "avg_diff"):
+        assert res["lossless_buckets_equal"] is True
+        assert res["lossless_buckets_seen"] >= 2, res["lossless_buckets_seen"]
+        assert res["lossless_buckets_rounds"] == 5 - 2  # one round per step after warm-up
+        for key in ("lossless_diff", "hook_golomb_diff", "hook_padded_diff", "avg_diff",
+                    "hook_buckets_diff"):
             assert res[key] == 0.0, (key, res[key])
         for wire in ("golomb", "padded"):
             assert res[f"hook_{wire}_ratio"] > 2.0
             assert res[f"hook_{wire}_ckpt"] is True
             assert res[f"hook_{wire}_ckpt_mismatch"] == "rejected"
         assert results[0]["hook_padded_sent"] > results[0]["hook_golomb_sent"]
-        assert "NonFiniteUpdate" in res["nan_hook"] or "NaN" in res["nan_hook"], res["nan_hook"]
+        for key in ("nan_hook", "nan_hook_buckets"):
+            assert "NonFiniteUpdate" in res[key] or "NaN" in res[key], res[key]
         assert res["avg_finite"] is True
         assert res["avg_synced"] == [False, False, True, False, False, True, False, False, True]
         assert res["avg_ratio"] > 2.0

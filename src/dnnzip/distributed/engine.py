@@ -166,7 +166,7 @@ class Exchanger:
             raise InvalidOption(f"residual_dtype must be float64 or float32, got {residual_dtype}")
         self.residual = ResidualMemory(residual_dtype)
         self._codecs: dict[tuple[Slot, ...], PacketCodec] = {}
-        self._layouts: dict[tuple[Slot, ...], tuple[np.ndarray, list]] = {}
+        self._layouts: dict[tuple, tuple[np.ndarray, list, list]] = {}
         self._world: int | None = None
         self.timings = _new_timings()
         #: step → this worker's own seconds in that step's exchanges (all but the collectives)
@@ -200,7 +200,7 @@ class Exchanger:
             raw = codec.decode_raw(codec.encode(msgs)[0])
             codec.decode_padded_raw(codec.encode_padded(msgs))
             flat.zero_()
-            self._average_flat(codec, slots, [raw], flat, 1)
+            self._average_flat(codec, slots, [raw], [flat], 1)
 
     def reset_timings(self) -> None:
         """Zero the per-phase clocks (see ``timings``, ``own_per_step``)."""
@@ -219,17 +219,30 @@ class Exchanger:
             self._codecs[slots] = codec
         return codec
 
-    def _layout(self, codec: PacketCodec, slots: tuple[Slot, ...]):
-        """Per compressed slot its first element in the flat output (joint-space offsets come
-        from the codec), and the dense slots' (start, numel)."""
-        lay = self._layouts.get(slots)
+    def _layout(self, codec: PacketCodec, slots: tuple[Slot, ...], sizes: tuple[int, ...]):
+        """Where the slots lie in the flat output buffers of ``sizes`` elements (the slots
+        fill them in order): per compressed slot its first element in its buffer
+        (joint-space offsets come from the codec); per buffer (index, first and end
+        compressed slot); per dense slot (buffer, start, numel)."""
+        key = (slots, sizes)
+        lay = self._layouts.get(key)
         if lay is None:
             first = np.concatenate([[0], np.cumsum([s.numel for s in slots])]).astype(np.int64)
-            starts = first[codec.compressed_index] if codec.compressed_index else \
-                np.empty(0, np.int64)
-            dense_at = [(int(first[i]), slots[i].numel) for i in codec.dense_index]
-            lay = (starts.astype(np.int64), dense_at)
-            self._layouts[slots] = lay
+            base = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+            # the buffer of each slot: the last buffer starting at or before it (empty slots
+            # at a boundary belong to the next buffer; they hold no element either way)
+            buf_of = np.searchsorted(base, first[:-1], side="right") - 1
+            comp = np.array(codec.compressed_index, dtype=np.int64)
+            starts = (first[comp] - base[buf_of[comp]]) if comp.size else np.empty(0, np.int64)
+            ranges = []
+            for b in range(len(sizes)):
+                inside = np.flatnonzero(buf_of[comp] == b) if comp.size else comp
+                if inside.size:
+                    ranges.append((b, int(inside[0]), int(inside[-1]) + 1))
+            dense_at = [(int(buf_of[i]), int(first[i] - base[buf_of[i]]), slots[i].numel)
+                        for i in codec.dense_index]
+            lay = (starts.astype(np.int64), ranges, dense_at)
+            self._layouts[key] = lay
         return lay
 
     def run(
@@ -243,14 +256,16 @@ class Exchanger:
         momentum: float = 0.0,
         momentum_buffers: dict[str, torch.Tensor] | None = None,
         out: Sequence[torch.Tensor] | None = None,
-        flat_out: torch.Tensor | None = None,
+        flat_out: torch.Tensor | Sequence[torch.Tensor] | None = None,
     ) -> tuple[list[torch.Tensor] | None, list[Message]]:
         """Exchange one round.
 
         ``updates`` are flat tensors; with ``momentum_buffers`` (name → u, created on first
         use) each update first goes through u ← m·u + update (DGC). ``out``: flat float32
         tensors to write the means into (else new ones); ``flat_out``: one tensor of which
-        ``out`` are the consecutive slices (a DDP bucket) — enables the compiled averaging.
+        ``out`` are the consecutive slices (a DDP bucket), or several such tensors that
+        ``out`` fills in order (several buckets in one round) — enables the compiled
+        averaging.
         An update that is its own output is consumed (zeroed) while it is compressed.
         Returns (means, or None when the round was skipped because a worker had NaN/Inf;
         this worker's messages).
@@ -267,24 +282,26 @@ class Exchanger:
             self._world = torch.distributed.get_world_size(self.group)
         world = self._world
         if out is None:
-            flat_out = torch.zeros(sum(s.numel for s in slots), dtype=torch.float32,
-                                   device=device)
-            out = _split(flat_out, slots)
+            flat = torch.zeros(sum(s.numel for s in slots), dtype=torch.float32, device=device)
+            out = _split(flat, slots)
+            flats = [flat]
             zeroed = [True] * len(slots)
         else:
             out = list(out)
-            if flat_out is not None and (flat_out.numel() != sum(s.numel for s in slots)
-                                         or flat_out.dim() != 1):
-                raise InvalidOption("flat_out must be the 1-D concatenation of out")
+            flats = ([] if flat_out is None else [flat_out]
+                     if isinstance(flat_out, torch.Tensor) else list(flat_out))
+            if flats and (sum(f.numel() for f in flats) != sum(s.numel for s in slots)
+                          or any(f.dim() != 1 for f in flats)):
+                raise InvalidOption("flat_out must be the 1-D buffer(s) that out fills in order")
             zeroed = [False] * len(slots)
-        fast = (flat_out is not None and flat_out.device.type == "cpu"
-                and flat_out.dtype == torch.float32 and flat_out.is_contiguous()
-                and self.method != "dense")
-        # updates that are their own outputs (a DDP bucket) are checked in one pass over
-        # the flat buffer instead of one per tensor
+        fast = (bool(flats) and self.method != "dense"
+                and all(f.device.type == "cpu" and f.dtype == torch.float32
+                        and f.is_contiguous() for f in flats))
+        # updates that are their own outputs (DDP buckets) are checked in one pass per flat
+        # buffer instead of one per tensor
         own = [fast and _same_memory(u, o) for u, o in zip(updates, out, strict=True)]
-        finite = all_finite(flat_out) if own and all(own) else all(all_finite(u)
-                                                                    for u in updates)
+        finite = (all(all_finite(f) for f in flats) if own and all(own)
+                  else all(all_finite(u) for u in updates))
         status = STATUS_OK if finite else STATUS_NONFINITE
         messages: list[Message] = []
         if status == STATUS_OK:
@@ -348,7 +365,7 @@ class Exchanger:
             if s.compressed:
                 _subtract(self.residual.residual(s.name), m)
         if fast:
-            self._average_flat(codec, slots, raws, flat_out, world)
+            self._average_flat(codec, slots, raws, flats, world)
         else:
             for o in out:
                 o.zero_()
@@ -361,28 +378,39 @@ class Exchanger:
         return out, messages
 
     def _average_flat(self, codec: PacketCodec, slots: tuple[Slot, ...],
-                      raws: list[RawPacket], flat_out: torch.Tensor, world: int) -> None:
-        """flat_out (zero) ← mean of the packets: one compiled merge for the compressed
-        slots (see ``_merge_mean``), rank-order sums then one division for the dense ones."""
-        starts, dense_at = self._layout(codec, slots)
-        flat = flat_out.numpy()
-        if codec.compressed_index and any(raw.positions.size for raw in raws):
-            counts = [raw.positions.size for raw in raws]
-            rank_start = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-            positions = np.concatenate([raw.positions for raw in raws]).astype(np.int64,
-                                                                                copy=False)
+                      raws: list[RawPacket], flats: list[torch.Tensor], world: int) -> None:
+        """The flat buffers (zero) ← mean of the packets: per buffer one compiled merge of
+        its compressed slots (see ``_merge_mean``; a buffer's slots are a contiguous range
+        of the joint index space, so each packet's part is one slice), rank-order sums then
+        one division for the dense ones."""
+        starts, ranges, dense_at = self._layout(codec, slots, tuple(f.numel() for f in flats))
+        arrays = [f.numpy() for f in flats]
+        if ranges and any(raw.positions.size for raw in raws):
             scales = np.stack([codec.scale_per_compressed(raw.scales) if codec.scaled
                                else np.zeros(len(codec.compressed_index), np.float32)
                                for raw in raws])
-            negative = (np.concatenate([raw.negative for raw in raws])
-                        if self.method == "stc" else _EMPTY_BOOL)
-            values = (np.concatenate([raw.values for raw in raws]).astype(np.float32, copy=False)
-                      if self.method == "topk" else _EMPTY_F32)
-            _merge_mean(flat, positions, rank_start, codec.offsets, starts, scales, negative,
-                        values, _MODE[self.method], np.float32(world))
+            for b, lo, hi in ranges:
+                parts = [(int(raw.bounds[lo]), int(raw.bounds[hi])) for raw in raws]
+                counts = [e - s for s, e in parts]
+                if not any(counts):
+                    continue
+                rank_start = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+                positions = np.concatenate([raw.positions[s:e] for raw, (s, e)
+                                            in zip(raws, parts, strict=True)]).astype(
+                                                np.int64, copy=False)
+                negative = (np.concatenate([raw.negative[s:e] for raw, (s, e)
+                                            in zip(raws, parts, strict=True)])
+                            if self.method == "stc" else _EMPTY_BOOL)
+                values = (np.concatenate([raw.values[s:e] for raw, (s, e)
+                                          in zip(raws, parts, strict=True)]).astype(
+                                              np.float32, copy=False)
+                          if self.method == "topk" else _EMPTY_F32)
+                _merge_mean(arrays[b], positions, rank_start, codec.offsets[lo : hi + 1],
+                            starts[lo:hi], np.ascontiguousarray(scales[:, lo:hi]), negative,
+                            values, _MODE[self.method], np.float32(world))
         at = 0
-        for start, n in dense_at:
-            seg = flat[start : start + n]
+        for b, start, n in dense_at:
+            seg = arrays[b][start : start + n]
             for raw in raws:  # rank order: identical sums on every worker
                 seg += raw.dense_vals[at : at + n]
             np.divide(seg, np.float32(world), out=seg)
