@@ -240,10 +240,7 @@ def _scratch(name: str, size: int, dtype) -> np.ndarray:
 
 def _flag_chunk() -> np.ndarray:
     """The per-thread scratch of ``_CHUNK`` flag bytes (a multiple of 8)."""
-    buf = getattr(_FLAGS, "buf", None)
-    if buf is None:
-        buf = _FLAGS.buf = np.zeros(_CHUNK, dtype=np.uint8)
-    return buf
+    return _scratch("flags", _CHUNK, np.uint8)
 
 
 @njit(cache=True)
@@ -690,8 +687,12 @@ def _sbc_message(v: np.ndarray, top: np.ndarray, tv: np.ndarray, bottom: np.ndar
                  bv: np.ndarray) -> Message:
     """μ₊ = mean of the selected entries > 0, μ₋ = mean of those < 0; keep the larger |μ|.
     ``top``/``bottom`` are increasing positions, tv/bv their values (``_select``)."""
-    keep, mu = _sbc_side(top, tv, bottom, bv)
-    return Message("sbc", v.size, keep, float(np.float32(mu)))
+    return _sbc_result(v.size, *_sbc_side(top, tv, bottom, bv))
+
+
+def _sbc_result(numel: int, keep: np.ndarray, mu: float) -> Message:
+    """The SBC message of ``_sbc_side``'s choice: μ travels as float32."""
+    return Message("sbc", numel, keep, float(np.float32(mu)))
 
 
 def _stc_message(v: np.ndarray, idx: np.ndarray, sel: np.ndarray) -> Message:
@@ -804,8 +805,7 @@ class Compressor:
             un = momentum_buffer.numpy() if use_mom else _NO_MOMENTUM
             m = np.float32(momentum)
             if self.method == "sbc":
-                keep, mu = _small_sbc(a, g.numpy(), un, m, use_mom, consume, k)
-                return Message("sbc", n, keep, float(np.float32(mu)))
+                return _sbc_result(n, *_small_sbc(a, g.numpy(), un, m, use_mom, consume, k))
             top, tv = np.empty(k, np.int64), np.empty(k, a.dtype)
             _small_select(a, g.numpy(), un, m, use_mom, consume, k, False, top, tv, top, tv)
             return _build(self.method, a, top, tv, None, None)
@@ -838,9 +838,9 @@ class Compressor:
         if not (k <= nh <= cap and (not two or k <= nl <= cap)):
             self.fallbacks += 1
         elif two:  # the usual SBC case: selection and message in one compiled call
-            keep, mu = _sbc_from_candidates(k, out_hi[:nh], val_hi[:nh], 0, out_lo[:nl],
-                                            val_lo[:nl], 1, _scratch("keys", cap, np.float64))
-            return Message("sbc", n, keep, float(np.float32(mu)))
+            return _sbc_result(n, *_sbc_from_candidates(
+                k, out_hi[:nh], val_hi[:nh], 0, out_lo[:nl], val_lo[:nl], 1,
+                _scratch("keys", cap, np.float64)))
         return _build(self.method, a,
                       *_finish(a, k, nh, nl, out_hi, out_lo, cap, use_abs, two, val_hi, val_lo))
 

@@ -38,14 +38,13 @@ from .core import (
     make_compressor,
 )
 from .ledger import BitLedger
-from .wire import PacketCodec, RawPacket, Slot
+from .wire import _EMPTY_F32, PacketCodec, RawPacket, Slot
 
 __all__ = ["Exchanger", "NONFINITE_MODES", "WIRES"]
 
 WIRES = ("golomb", "padded")
 NONFINITE_MODES = ("raise", "skip")
 _MODE = {"sbc": 0, "stc": 1, "topk": 2}
-_EMPTY_F32 = np.empty(0, dtype=np.float32)
 _EMPTY_BOOL = np.empty(0, dtype=np.bool_)
 
 
@@ -395,15 +394,10 @@ class Exchanger:
                 if not any(counts):
                     continue
                 rank_start = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-                positions = np.concatenate([raw.positions[s:e] for raw, (s, e)
-                                            in zip(raws, parts, strict=True)]).astype(
-                                                np.int64, copy=False)
-                negative = (np.concatenate([raw.negative[s:e] for raw, (s, e)
-                                            in zip(raws, parts, strict=True)])
-                            if self.method == "stc" else _EMPTY_BOOL)
-                values = (np.concatenate([raw.values[s:e] for raw, (s, e)
-                                          in zip(raws, parts, strict=True)]).astype(
-                                              np.float32, copy=False)
+                positions = _cut(raws, "positions", parts).astype(np.int64, copy=False)
+                negative = (_cut(raws, "negative", parts) if self.method == "stc"
+                            else _EMPTY_BOOL)
+                values = (_cut(raws, "values", parts).astype(np.float32, copy=False)
                           if self.method == "topk" else _EMPTY_F32)
                 _merge_mean(arrays[b], positions, rank_start, codec.offsets[lo : hi + 1],
                             starts[lo:hi], np.ascontiguousarray(scales[:, lo:hi]), negative,
@@ -436,6 +430,13 @@ def _new_timings() -> dict[str, float]:
     own compress + code work: ``total − collective``."""
     return {"compress": 0.0, "encode": 0.0, "exchange": 0.0, "collective": 0.0,
             "decode_average": 0.0, "total": 0.0, "calls": 0, "fallbacks": 0}
+
+
+def _cut(raws: Sequence[RawPacket], field: str, parts: Sequence[tuple[int, int]]
+         ) -> np.ndarray:
+    """Entries parts[r] of packet r's ``field``, concatenated in rank order."""
+    return np.concatenate([getattr(raw, field)[s:e]
+                           for raw, (s, e) in zip(raws, parts, strict=True)])
 
 
 def _split(flat: torch.Tensor, slots: Sequence[Slot]) -> list[torch.Tensor]:

@@ -188,9 +188,7 @@ def sbc_hook(state: "SBCState", bucket: dist.GradBucket) -> torch.futures.Future
     if not bucket.is_last():  # exchanged with the last bucket of this step
         fut: torch.futures.Future = torch.futures.Future()
         state._pending.append((buffer, names, views, fut))
-        outside = time.perf_counter() - t0
-        ex.timings["hook_outside"] = ex.timings.get("hook_outside", 0.0) + outside
-        ex.own_per_step[step] = ex.own_per_step.get(step, 0.0) + outside
+        _clock_outside(ex, step, time.perf_counter() - t0)
         return fut
     pending, state._pending = state._pending, []
     buffers = [p[0] for p in pending] + [buffer]
@@ -222,7 +220,11 @@ def sbc_hook(state: "SBCState", bucket: dist.GradBucket) -> torch.futures.Future
     for p in pending:
         p[3].set_result(p[0])
     # the hook's own work around the exchange (bucket views, momentum masking)
-    outside = (t1 - t0) + time.perf_counter() - t2
-    ex.timings["hook_outside"] = ex.timings.get("hook_outside", 0.0) + outside
-    ex.own_per_step[step] = ex.own_per_step.get(step, 0.0) + outside
+    _clock_outside(ex, step, (t1 - t0) + time.perf_counter() - t2)
     return _completed(buffer)
+
+
+def _clock_outside(ex: Exchanger, step: int, seconds: float) -> None:
+    """Count the hook's own seconds outside ``Exchanger.run`` into its clocks."""
+    ex.timings["hook_outside"] = ex.timings.get("hook_outside", 0.0) + seconds
+    ex.own_per_step[step] = ex.own_per_step.get(step, 0.0) + seconds
