@@ -448,7 +448,9 @@ def test_time_model_counts_the_fixed_cost_of_a_call():
     cal = TimeModel.calibrate(shapes=((32, 48), (96, 96)), repeats=3)
     assert set(cal.overhead) == {"dense", "csr", "cser"}
     assert all(t > 0 for v in cal.overhead.values() for t in v)
-    assert all(r > 0 for v in cal.rates.values() for r in v)
+    # rates are per calibrated size (m·n) and batch
+    assert all(set(v) == {32 * 48, 96 * 96} for v in cal.rates.values())
+    assert all(r > 0 for v in cal.rates.values() for table in v.values() for r in table)
 
 
 def test_time_model_rate_follows_matrix_size():
