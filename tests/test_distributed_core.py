@@ -265,6 +265,27 @@ def test_corrupted_packets_are_detected():
         codec.decode_padded(words[:-1])
 
 
+def test_packet_check_names_the_bad_part():
+    """The compiled packet check: a non-finite dense value or top-k value, and a slot
+    holding more than its k positions, each rejected with what is wrong."""
+    codec = PacketCodec([Slot("w", 1000, True), Slot("b", 4, False)], "topk", 0.01)
+    msgs = [topk(np.random.default_rng(4).standard_normal(1000), 0.01),
+            dense(np.ones(4, dtype=np.float32))]
+    data, _ = codec.encode(msgs)
+    codec.decode(data)  # sound
+    nan = np.array([np.nan], dtype="<f4").tobytes()
+    for at, what in ((4, "dense value"), (4 + 16, "non-finite value")):
+        bad = bytearray(data)
+        bad[at : at + 4] = nan
+        with pytest.raises(CorruptPayload, match=what):
+            codec.decode(bytes(bad))
+    two = PacketCodec([Slot("a", 1000, True), Slot("c", 1000, True)], "sbc", 0.01)
+    over = [Message("sbc", 1000, np.arange(11, dtype=np.int64), 0.5),
+            Message("sbc", 1000, np.arange(3, dtype=np.int64), 0.5)]
+    with pytest.raises(CorruptPayload, match="slot 'a' has 11 positions, k = 10"):
+        two.decode(two.encode(over)[0])
+
+
 def test_packet_rejects_messages_that_do_not_fit():
     codec = PacketCodec(SLOTS, "sbc", 0.01)
     msgs = _messages("stc", codec.slots, np.random.default_rng(3))
