@@ -239,7 +239,8 @@ def ablation(w: np.ndarray, repeats: int) -> dict[str, float]:
         "1_naive_int32": lambda: kernels.cser_matvec_naive(wshift, *wide, x, y),
         "2_naive_narrow_index": lambda: kernels.cser_matvec_naive(wshift, *narrow, x, y),
         "3_vector_gather_per_group": lambda: kernels.cser_matvec_grouped(wshift, *narrow, x, y),
-        "4_sliced_16_groups": lambda: kernels.sliced_matvec(*sliced, x, xe, ys, 0.0),
+        "4_sliced_16_groups": lambda: kernels.sliced_matvec_gather(*sliced, x, xe, ys, 0.0),
+        "4b_sliced_scalar_loads": lambda: kernels.sliced_matvec(*sliced, x, xe, ys, 0.0),
         # per-call overhead: the same kernel with 5 arguments, then without the dispatcher
         "6_packed_plan_5_args": lambda: kernels.packed_matvec(*packed, x, ys),
         "7_packed_entry_point": lambda: lean(x, ys),

@@ -145,7 +145,7 @@ def test_parallel_serial_and_both_batch_kernels_agree(monkeypatch, batch):
         w = (idx * 0.03 + shift).astype(np.float32)
         for cls in (CSR, CER, CSER):
             mat = cls.from_dense(w)
-            for mode in ("sliced", "rows", "panel") if cls is not CSR else ("-",):
+            for mode in ("sliced", "rows", "panel", "auto") if cls is not CSR else ("-",):
                 mat.batch_kernel = mode
                 _check_product(mat, w, x, threads=1)
                 _check_product(mat, w, x, threads=2)
@@ -359,10 +359,11 @@ def test_sliced_plan_covers_every_element_once():
     assert real.shape[0] == mat.nnz and plan.padded >= mat.nnz
     assert plan.padded % 16 == 0
     x = np.ones(90, np.float32)
-    y = np.full(200, np.nan, np.float32)
-    kernels.sliced_matvec(plan.col, plan.sl_ptr, plan.sl_len, plan.lane_weights(np.float32),
-                          plan.lane_row, plan.blk_ptr, x, np.empty(91, np.float32), y, 0.0)
-    np.testing.assert_allclose(y, w.sum(axis=1), rtol=1e-5, atol=1e-4)
+    for kernel in (kernels.sliced_matvec, kernels.sliced_matvec_gather):  # scalar / vector loads
+        y = np.full(200, np.nan, np.float32)
+        kernel(plan.col, plan.sl_ptr, plan.sl_len, plan.lane_weights(np.float32),
+               plan.lane_row, plan.blk_ptr, x, np.empty(91, np.float32), y, 0.0)
+        np.testing.assert_allclose(y, w.sum(axis=1), rtol=1e-5, atol=1e-4)
 
 
 def test_lean_matvec_path_matches_the_general_one():
@@ -451,6 +452,46 @@ def test_time_model_counts_the_fixed_cost_of_a_call():
     # rates are per calibrated size (m·n) and batch
     assert all(set(v) == {32 * 48, 96 * 96} for v in cal.rates.values())
     assert all(r > 0 for v in cal.rates.values() for table in v.values() for r in table)
+
+
+def test_auto_batch_kernel_times_each_kernel_once_per_bucket(monkeypatch):
+    from dnnzip.formats import cser as cser_mod
+
+    rng = np.random.default_rng(9)
+    w = (rng.integers(-7, 8, size=(60, 90)) * (rng.random((60, 90)) < 0.2)).astype(np.float32)
+    mat = CSER.from_dense(w)
+    runs = []
+    real = cser_mod._Grouped._batch_product
+
+    def spy(self, mode, x, parallel):
+        runs.append(mode)
+        return real(self, mode, x, parallel)
+
+    monkeypatch.setattr(cser_mod._Grouped, "_batch_product", spy)
+    # a clock under which "rows" is the fastest: every timed call of it takes 1 s less
+    clock = {"t": 0.0}
+
+    def fake_clock():
+        clock["t"] += 1.0 if runs and runs[-1] == "rows" else 2.0
+        return clock["t"]
+
+    monkeypatch.setattr(cser_mod.time, "perf_counter", fake_clock)
+    x = rng.standard_normal((90, 5)).astype(np.float32)
+    y = mat.dot(x, threads=1)
+    np.testing.assert_allclose(y, w @ x, rtol=1e-5, atol=1e-4)
+    assert sorted(set(runs)) == sorted(cser_mod.BATCH_KERNELS)
+    assert len(runs) == 2 * len(cser_mod.BATCH_KERNELS)  # untimed + timed run each
+    runs.clear()
+    np.testing.assert_allclose(mat.dot(x[:, :6], threads=1), w @ x[:, :6], rtol=1e-5, atol=1e-4)
+    assert runs == ["rows"]  # 5 and 6 columns share a bucket: tuned once, kept
+    runs.clear()
+    mat.dot(rng.standard_normal((90, 9)).astype(np.float32), threads=1)
+    assert len(runs) == 2 * len(cser_mod.BATCH_KERNELS)  # a new bucket is tuned again
+    assert cser_mod.batch_bucket(1) == 0 and cser_mod.batch_bucket(63) == 5
+    assert "_tuned" not in mat.__getstate__()  # timings belong to the machine that made them
+    mat.batch_kernel = "gather"
+    with pytest.raises(InvalidOption, match="unknown batch kernel 'gather'"):
+        mat.dot(x, threads=1)
 
 
 def test_time_model_rate_follows_matrix_size():

@@ -413,6 +413,7 @@ class MatrixFormat:
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state.pop("_lean", None)  # compiled entry points do not pickle; rebuilt on first use
+        state.pop("_tuned", None)  # kernel timings belong to this machine
         return state
 
     def _product(self, x: np.ndarray, parallel: bool) -> np.ndarray:

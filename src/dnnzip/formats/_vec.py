@@ -6,7 +6,9 @@ loops run scalar with one dependent add chain and a mispredicted exit per group.
 intrinsics state the vector shape directly: 16 lanes of indices are loaded in one go
 (8/16/32-bit, zero-extended), ``llvm.masked.gather`` fetches the 16 inputs, and the
 accumulator stays a vector register until the end. On CPUs without gathers LLVM lowers
-them to scalar loads, so the code stays portable.
+them to scalar loads, so the code stays portable. Where a vector gather is slower than the
+scalar loads it stands for (Zen 5: about half their rate), the mat-vec slice keeps 16 scalar
+sums instead (``slice_matvec``; the gather form is ``slice_matvec_gather``).
 
 Every intrinsic here is inlined into the calling ``@njit`` kernel and optimised with it.
 Arrays must be C-contiguous; callers guarantee bounds (masked lanes never touch memory).
@@ -171,55 +173,91 @@ def _scatter_add_rows(builder, yp, rows_p, o, vals, fty, n: int) -> None:
         builder.store(builder.fadd(builder.load(p), v), p)
 
 
-@intrinsic
-def slice_matvec(typingctx, x, col, base, length, lane_w, lane_row, o, y):
-    """One slice of 16 groups: s[lane] = Σ_l x[col[base + 16·l + lane]], l < length, then
-    y[lane_row[o + lane]] += lane_w[o + lane]·s[lane].
+def _make_slice_matvec(vector_gather: bool):
+    @intrinsic
+    def slice_matvec(typingctx, x, col, base, length, lane_w, lane_row, o, y):
+        """One slice of 16 groups: s[lane] = Σ_l x[col[base + 16·l + lane]], l < length, then
+        y[lane_row[o + lane]] += lane_w[o + lane]·s[lane].
 
-    The sliced layout interleaves 16 groups lane by lane (shorter ones padded with the index
-    of a zero input), so one full 16-lane gather adds an element to 16 groups, no lane ever
-    branches, and two vector accumulators hide the add latency. The 16 multiplies (one per
-    group = per distinct value of a row) are one vector multiply.
-    """
-    _check_float_array(x, "x")
-    _check_index_array(col, "col")
-    sig = types.void(x, col, types.int64, types.int64, lane_w, lane_row, types.int64, y)
+        The sliced layout interleaves 16 groups lane by lane (shorter ones padded with the
+        index of a zero input), so every step adds an element to 16 groups, no lane ever
+        branches, and 16 independent sums hide the add latency. The 16 multiplies (one per
+        group = per distinct value of a row) are one vector multiply. The inputs are fetched
+        either by one 16-lane gather per step (``vector_gather``) or by 16 scalar loads into 16
+        scalar sums: on Zen 5 the scalar form runs at the load ports' rate and the gather at
+        about half of it (benchmarks/formats.py, ablation).
+        """
+        _check_float_array(x, "x")
+        _check_index_array(col, "col")
+        sig = types.void(x, col, types.int64, types.int64, lane_w, lane_row, types.int64, y)
 
-    def codegen(context, builder, signature, args):
-        xv, cv, base_v, length_v, wv, rv, o_v, yv = args
-        xty, cty, _, _, wty, rty, _, yty = signature.args
-        fty = context.get_value_type(xty.dtype)
-        ity = context.get_value_type(cty.dtype)
-        xp, cp = _data(context, builder, xty, xv), _data(context, builder, cty, cv)
-        vt = _vec(fty, LANES)
-        zero = ir.Constant(vt, [0.0] * LANES)
-        acc0 = cgutils.alloca_once_value(builder, zero)
-        acc1 = cgutils.alloca_once_value(builder, zero)
-        pairs = builder.sdiv(length_v, ir.Constant(_i64, 2))
-        with cgutils.for_range(builder, pairs) as loop:
-            k = builder.add(base_v, builder.mul(loop.index, ir.Constant(_i64, 2 * LANES)))
-            for acc, off in ((acc0, 0), (acc1, LANES)):
-                kk = builder.add(k, ir.Constant(_i64, off))
-                idx = _load_indices(builder, builder.gep(cp, [kk]), ity, LANES)
-                g = _gather(builder, xp, idx, fty, None, LANES)
-                builder.store(builder.fadd(builder.load(acc), g), acc)
-        odd = builder.icmp_signed("!=", builder.srem(length_v, ir.Constant(_i64, 2)),
-                                  ir.Constant(_i64, 0))
-        with builder.if_then(odd):
-            kk = builder.add(base_v, builder.mul(builder.sub(length_v, ir.Constant(_i64, 1)),
-                                                 ir.Constant(_i64, LANES)))
+        def codegen(context, builder, signature, args):
+            xv, cv, base_v, length_v, wv, rv, o_v, yv = args
+            xty, cty, _, _, wty, rty, _, yty = signature.args
+            fty = context.get_value_type(xty.dtype)
+            ity = context.get_value_type(cty.dtype)
+            xp, cp = _data(context, builder, xty, xv), _data(context, builder, cty, cv)
+            vt = _vec(fty, LANES)
+            if vector_gather:
+                total = _slice_sums_gather(builder, xp, cp, ity, fty, base_v, length_v)
+            else:
+                total = _slice_sums_scalar(builder, xp, cp, fty, base_v, length_v)
+            wp = builder.gep(_data(context, builder, wty, wv), [o_v])
+            w = builder.load(builder.bitcast(wp, ir.PointerType(vt)), align=_esize(fty))
+            _scatter_add_rows(builder, _data(context, builder, yty, yv),
+                              _data(context, builder, rty, rv), o_v, builder.fmul(total, w),
+                              fty, LANES)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return slice_matvec
+
+
+def _slice_sums_gather(builder, xp, cp, ity, fty, base_v, length_v) -> ir.Value:
+    """The 16 lane sums of a slice by 16-lane gathers, two vector accumulators."""
+    vt = _vec(fty, LANES)
+    zero = ir.Constant(vt, [0.0] * LANES)
+    acc0 = cgutils.alloca_once_value(builder, zero)
+    acc1 = cgutils.alloca_once_value(builder, zero)
+    pairs = builder.sdiv(length_v, ir.Constant(_i64, 2))
+    with cgutils.for_range(builder, pairs) as loop:
+        k = builder.add(base_v, builder.mul(loop.index, ir.Constant(_i64, 2 * LANES)))
+        for acc, off in ((acc0, 0), (acc1, LANES)):
+            kk = builder.add(k, ir.Constant(_i64, off))
             idx = _load_indices(builder, builder.gep(cp, [kk]), ity, LANES)
             g = _gather(builder, xp, idx, fty, None, LANES)
-            builder.store(builder.fadd(builder.load(acc0), g), acc0)
-        total = builder.fadd(builder.load(acc0), builder.load(acc1))
-        wp = builder.gep(_data(context, builder, wty, wv), [o_v])
-        w = builder.load(builder.bitcast(wp, ir.PointerType(vt)), align=_esize(fty))
-        _scatter_add_rows(builder, _data(context, builder, yty, yv),
-                          _data(context, builder, rty, rv), o_v, builder.fmul(total, w), fty,
-                          LANES)
-        return context.get_dummy_value()
+            builder.store(builder.fadd(builder.load(acc), g), acc)
+    odd = builder.icmp_signed("!=", builder.srem(length_v, ir.Constant(_i64, 2)),
+                              ir.Constant(_i64, 0))
+    with builder.if_then(odd):
+        kk = builder.add(base_v, builder.mul(builder.sub(length_v, ir.Constant(_i64, 1)),
+                                             ir.Constant(_i64, LANES)))
+        idx = _load_indices(builder, builder.gep(cp, [kk]), ity, LANES)
+        g = _gather(builder, xp, idx, fty, None, LANES)
+        builder.store(builder.fadd(builder.load(acc0), g), acc0)
+    return builder.fadd(builder.load(acc0), builder.load(acc1))
 
-    return sig, codegen
+
+def _slice_sums_scalar(builder, xp, cp, fty, base_v, length_v) -> ir.Value:
+    """The 16 lane sums of a slice by scalar loads into 16 scalar accumulators (registers
+    after mem2reg), packed into one vector at the end."""
+    accs = [cgutils.alloca_once_value(builder, ir.Constant(fty, 0.0)) for _ in range(LANES)]
+    with cgutils.for_range(builder, length_v) as loop:
+        k = builder.add(base_v, builder.mul(loop.index, ir.Constant(_i64, LANES)))
+        for lane, acc in enumerate(accs):
+            r = builder.load(builder.gep(cp, [builder.add(k, ir.Constant(_i64, lane))]))
+            r = builder.zext(r, _i64) if r.type.width < 64 else r
+            v = builder.load(builder.gep(xp, [r]))
+            builder.store(builder.fadd(builder.load(acc), v), acc)
+    total = ir.Constant(_vec(fty, LANES), ir.Undefined)
+    for lane, acc in enumerate(accs):
+        total = builder.insert_element(total, builder.load(acc), ir.Constant(_i32, lane))
+    return total
+
+
+slice_matvec = _make_slice_matvec(vector_gather=False)
+slice_matvec_gather = _make_slice_matvec(vector_gather=True)
 
 
 def _make_slice_matmat(width: int):

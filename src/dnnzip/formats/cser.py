@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import functools
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numba
 import numpy as np
 
 from . import kernels
@@ -47,14 +49,13 @@ from ._vec import LANES
 CER_MAX_GROUP_FACTOR = 64
 #: rows per parallel task of the row-wise batch kernel
 ROW_BLOCK = 16
-#: "auto" batch kernel: the panel kernel, except from ROWS_MIN_BATCH columns on matrices of
-#: fewer than ROWS_MAX_NNZ elements, where packing X into panels costs more than it saves and
-#: the row-wise kernel wins (measured: benchmarks/formats.py, ``batch_ablation``)
-ROWS_MIN_BATCH = 32
-ROWS_MAX_NNZ = 8000
-#: ... and on matrices of more rows than this, whose 16-column panel of Y (m × 64 bytes) leaves
-#: L2: the 30522 × 384 tied embedding at batch 64 took 20.8 ms by panels, 10.5 ms by rows
-PANEL_MAX_ROWS = 8192
+#: batch kernels "auto" chooses among (see ``_Grouped.batch_kernel``)
+BATCH_KERNELS = ("sliced", "rows", "panel")
+
+
+def batch_bucket(batch: int) -> int:
+    """Batch sizes that share one tuned kernel: ⌊log2 B⌋ (2–3, 4–7, 8–15, ...)."""
+    return max(int(batch), 1).bit_length() - 1
 
 
 @dataclass(frozen=True)
@@ -202,10 +203,15 @@ class _Grouped(MatrixFormat):
     OmegaPtr: np.ndarray
     rowPtr: np.ndarray
     _plan: SlicedPlan | None = None
-    #: batch products: "sliced" (16 groups per slice: wins for small batches and short groups),
-    #: "rows" (row-wise groups, up to 64 output columns in registers), "panel" (sliced groups
-    #: on 8-column panels of X held contiguously), or "auto" (by batch size)
+    #: batch products: "sliced" (16 groups per slice on row-major X), "rows" (row-wise groups,
+    #: up to 64 output columns in registers), "panel" (sliced groups on 8/16-column panels of X
+    #: held contiguously), or "auto": which one is fastest depends on the CPU (on Zen 3 panels
+    #: won from 8 columns, on Zen 5 they lose to slices or rows) and on the matrix, so the
+    #: first product of each batch-size bucket (``batch_bucket``) and thread count runs every
+    #: kernel, timed, and keeps the fastest. Set a kernel by name for run-to-run identical
+    #: rounding (the kernels add in different orders).
     batch_kernel: str = "auto"
+    _tuned: dict | None = None
 
     @property
     def dtype(self) -> np.dtype:
@@ -273,9 +279,26 @@ class _Grouped(MatrixFormat):
                 self._lean = (np.dtype(self.dtype.name), self.shape[1], self.shape[0], self.nnz,
                               self.plan.matvec_call(self.dtype))
             return y
-        if mode == "panel" or (mode == "auto" and (
-                x.shape[1] < ROWS_MIN_BATCH
-                or ROWS_MAX_NNZ <= self.nnz and self.shape[0] <= PANEL_MAX_ROWS)):
+        if mode != "auto":
+            return self._batch_product(mode, x, parallel)
+        key = (batch_bucket(x.shape[1]), numba.get_num_threads() if parallel else 1, x.dtype)
+        tuned = self.__dict__.setdefault("_tuned", {})
+        if key in tuned:
+            return self._batch_product(tuned[key], x, parallel)
+        best, y = None, None
+        for kernel in BATCH_KERNELS:
+            self._batch_product(kernel, x, parallel)  # first run: compiled code and plans
+            t0 = time.perf_counter()
+            y = self._batch_product(kernel, x, parallel)
+            t = time.perf_counter() - t0
+            if best is None or t < best[0]:
+                best = (t, kernel)
+        tuned[key] = best[1]
+        return y
+
+    def _batch_product(self, mode: str, x: np.ndarray, parallel: bool) -> np.ndarray:
+        """Y = M·X (X n × B, B ≥ 1 columns) by the named batch kernel."""
+        if mode == "panel":
             y = np.empty((self.shape[0], x.shape[1]), x.dtype)
             if x.shape[1] <= 8:
                 kern = kernels.panel_matmat8_par if parallel else kernels.panel_matmat8
@@ -285,6 +308,9 @@ class _Grouped(MatrixFormat):
             return y
         if mode == "sliced":
             return self.plan.product(x, parallel)
+        if mode != "rows":
+            raise InvalidOption(f"unknown batch kernel {mode!r} (choose from auto, "
+                                f"{', '.join(BATCH_KERNELS)})")
         # batch: row by row on the storage arrays, up to 64 output columns in registers
         m = self.shape[0]
         b = x.shape[1]

@@ -10,8 +10,9 @@ design step buys (SPEC §3, y = M·x, per row: for each value group s = Σ x[col
    (``_vec.group_sum``): several independent accumulators, index streams read 16 at a time.
 3. ``sliced_matvec`` / ``sliced_matmat`` — the execution layout built by ``SlicedPlan``: the groups
    of a block of rows are sorted by length and interleaved 16 at a time (lane = group), so one
-   full gather adds one element to 16 groups, loops have no per-group exits, and the batch form
-   adds whole contiguous rows of X (n × B, row-major) into 16 vector accumulators.
+   step adds one element to 16 groups (16 scalar loads into 16 sums; ``sliced_matvec_gather``
+   does it with one vector gather, slower on Zen 5), loops have no per-group exits, and the
+   batch form adds whole contiguous rows of X (n × B, row-major) into 16 vector accumulators.
 
 All kernels take ``wshift = Ω − ω0``: with it the implicit value needs no special case,
 y = Σ_groups (ω − ω0)·s + ω0·Σx, and the caller adds the last term (zero when ω0 = 0).
@@ -37,6 +38,7 @@ from ._vec import (
     slice_matmat8,
     slice_matmat16,
     slice_matvec,
+    slice_matvec_gather,
     slice_panel8,
     slice_panel16,
 )
@@ -111,6 +113,17 @@ def sliced_matvec(col, sl_ptr, sl_len, lane_w, lane_row, blk_ptr, x, xe, y, omeg
     _prepare_vec(x, xe, y, omega0)
     for b in range(blk_ptr.shape[0] - 1):
         _sliced_block_vec(b, col, sl_ptr, sl_len, lane_w, lane_row, blk_ptr, xe, y)
+
+
+@njit(cache=True, fastmath=True)
+def sliced_matvec_gather(col, sl_ptr, sl_len, lane_w, lane_row, blk_ptr, x, xe, y, omega0):
+    """``sliced_matvec`` with one 16-lane vector gather per step instead of 16 scalar loads
+    (kept for the benchmark's ablation: the slower of the two on Zen 5)."""
+    _prepare_vec(x, xe, y, omega0)
+    for b in range(blk_ptr.shape[0] - 1):
+        for sl in range(blk_ptr[b], blk_ptr[b + 1]):
+            slice_matvec_gather(xe, col, np.int64(sl_ptr[sl]), np.int64(sl_len[sl]), lane_w,
+                                lane_row, np.int64(sl * LANES), y)
 
 
 @njit(cache=True, fastmath=True, parallel=True)
