@@ -90,7 +90,8 @@ class TimeModel:
     caches: a dense BLAS product gains a lot from batching and from a matrix that fits in L2,
     a gather-bound sparse one little; between and beyond the two sizes the rate is
     interpolated (clamped) in log(m·n). "dense" is timed as PyTorch's matmul: what a layer that
-    ``convert_model`` keeps runs.
+    ``convert_model`` keeps runs; "cser" with its batch kernel left on "auto", so the rate is
+    that of the kernel the calibration matrix tuned itself to (each matrix tunes its own).
     """
 
     def __init__(self, rates: dict[str, tuple[float, ...] | Rates],
