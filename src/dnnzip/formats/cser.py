@@ -284,7 +284,9 @@ class _Grouped(MatrixFormat):
         if mode != "auto":
             return self._batch_product(mode, x, parallel)
         key = (batch_bucket(x.shape[1]), numba.get_num_threads() if parallel else 1, x.dtype)
-        tuned = self.__dict__.setdefault("_tuned", {})
+        tuned = self._tuned
+        if tuned is None:
+            tuned = self._tuned = {}
         if key in tuned:
             return self._batch_product(tuned[key], x, parallel)
         best, y = None, None
