@@ -93,6 +93,7 @@ def main() -> None:
                    },
                    "collective_ms_per_step (excluded)": per_step("collective"),
                    "selection_fallbacks": [t["fallbacks"] for t in tm],
+                   "selection_hint_misses": [t.get("hint_misses", 0) for t in tm],
                    "exchanges_per_run": tm[0]["exchanges"],
                    "max_replica_diff": max(r["max_replica_diff"] for r in runs),
                    "dense_step_ms_all": [x * 1e3 for x in dense_steps],

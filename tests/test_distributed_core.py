@@ -424,6 +424,54 @@ def test_consume_zeroes_the_update_and_changes_nothing_else(method, n):
     assert np.array_equal(plain.position_values(), consumed.position_values())
 
 
+@pytest.mark.parametrize("method", ["sbc", "stc", "topk"])
+def test_hinted_thresholds_select_exactly_what_the_plain_path_selects(method):
+    """Over steps of error feedback, the fused pass takes its thresholds from the previous
+    step's k-th values (a hint kept per accumulator) instead of a sample: every message is
+    still the exact selection of the accumulated residual, and the hint is used (it
+    rarely misses on a steady stream of updates)."""
+    n, p, steps = 200_000, 0.01, 12
+    rng = np.random.default_rng(21)
+    comp = make_compressor(method, p)
+    plain_comp = make_compressor(method, p, "exact")
+    mem = ResidualMemory(torch.float32)
+    twin = torch.zeros(n, dtype=torch.float32)
+    hinted = 0
+    for _ in range(steps):
+        g = torch.from_numpy((rng.standard_normal(n) * 0.01).astype(np.float32))
+        twin.add_(g)
+        misses = comp.hint_misses
+        had_hint = len(mem._hints.get("w", [])) == 2
+        msg = mem.accumulate_compress("w", g, comp)
+        hinted += had_hint and comp.hint_misses == misses
+        want = plain_comp(twin)
+        assert torch.equal(mem.residual("w"), twin)
+        assert np.array_equal(msg.positions, want.positions)
+        assert np.array_equal(msg.position_values(), want.position_values())
+        mem.subtract("w", msg)
+        twin.sub_(msg.to_dense(torch.float32))
+    assert comp.fallbacks == 0 and hinted >= steps // 2
+
+
+@pytest.mark.parametrize("method", ["sbc", "stc"])
+def test_a_hint_that_misses_still_selects_exactly(method):
+    """A hint from a distribution that has since moved (thresholds far too high, or far
+    too low: more candidates than the capacity) is detected; the selection reruns on the
+    updated residual and stays exact, and the next call samples again."""
+    n, p = 100_000, 0.01
+    rng = np.random.default_rng(8)
+    for bad in ([50.0, -50.0], [1e-9, -1e-9] if method == "sbc" else [1e-9, -math.inf]):
+        comp = make_compressor(method, p)
+        acc = torch.from_numpy(rng.standard_normal(n).astype(np.float32))
+        g = torch.from_numpy(rng.standard_normal(n).astype(np.float32))
+        want = comp(acc + g)
+        hint = list(bad)
+        got = comp.accumulate_compress(acc, g, hint=hint)
+        assert comp.hint_misses == 1 and hint == []
+        assert np.array_equal(got.positions, want.positions)
+        assert np.array_equal(got.position_values(), want.position_values())
+
+
 def test_fused_selection_with_ties_takes_exactly_k_in_position_order():
     """Integer-valued accumulators: many entries equal the k-th value. The fused pass must
     still send exactly k positions, the k largest values, and among equal values the
@@ -540,3 +588,25 @@ def test_histogram_selection_on_many_candidates_and_geometric_keys():
               2.0 ** np.arange(-500, 500.0), np.repeat([1.0, 2.0, 3.0], 5000)):
         for k in (1, 7, v.size // 3, v.size):
             assert _kth_largest_key(v, 0, k, np.empty(v.size)) == np.sort(v)[v.size - k]
+
+
+@pytest.mark.parametrize("consume", [False, True])
+def test_a_skipped_round_keeps_the_whole_update_in_the_residual(monkeypatch, consume):
+    """nonfinite="skip": when a peer's update holds NaN/Inf the round is skipped on every
+    worker, and this worker's residual holds exactly old residual + its update (nothing
+    was sent, so nothing is taken out — nor added twice); the next round sends it."""
+    import dnnzip.distributed.engine as engine
+
+    def peer_sends_nan(payload, status, group, device, timings):
+        return [status, engine.STATUS_NONFINITE], [payload, b""], len(payload)
+
+    monkeypatch.setattr(engine, "exchange_bytes", peer_sends_nan)
+    ex = engine.Exchanger("sbc", 0.01, nonfinite="skip")
+    ex._world = 2  # a two-worker round without a process group
+    rng = np.random.default_rng(4)
+    g = torch.from_numpy(rng.standard_normal(100_000).astype(np.float32))
+    update = g.clone()
+    means, messages = ex.run(0, ["w"], [update], [True],
+                             **({"out": [update], "flat_out": update} if consume else {}))
+    assert means is None and messages == []
+    assert torch.equal(ex.residual.residual("w"), g.double())
