@@ -133,9 +133,9 @@ def activity(prev_abs, above_abs):
 
 @njit(cache=True, inline="always")
 def sign_class(prev):
-    if prev == 0:
-        return 0
-    return 1 if prev < 0 else 2
+    """0 for a zero previous level, 1 for a negative, 2 for a positive one — branch-free:
+    the trellis evaluates it per state on levels that are random in sign."""
+    return (prev != 0) + (prev > 0)
 
 
 @njit(cache=True, inline="always")
