@@ -24,8 +24,8 @@ and writes a flag byte (A ≥ hi, A ≤ lo); a second loop over the chunk, still
 reads the flags 8 at a time and collects the candidates with their values. The thresholds
 come from a cached, sorted sample of 2¹³ positions of the *new* A (two size-r heaps, one
 compiled call) or, from the second step of an accumulator on, from the previous step's k-th
-values (``_next_hint``: no scattered gather, ≈ 1.2·k candidates instead of ≈ 1.7·k); the
-finish selects among the candidates only. Small tensors take
+values (``_next_hint``: no scattered gather on cold caches; about as many candidates, ≈ 1.3–2·k
+against ≈ 1.5–1.7·k); the finish selects among the candidates only. Small tensors take
 one compiled call for accumulation, selection and (SBC) the message: on a training step the
 caches are cold and every extra Python-level call costs tens of microseconds.
 
@@ -145,22 +145,28 @@ def _collect(v, hi, lo, use_abs, cap, out_hi, out_lo):
     return nh, nl
 
 
+@njit(inline="always")
+def _take_update(g, u, m, use_mom, consume, i):
+    """d_i = g_i, or with momentum u_i ← m·u_i + g_i (float32 rounding as
+    u.mul_(m).add_(g)) and d_i = u_i; with ``consume`` g_i is zeroed behind the read."""
+    d = g[i]
+    if consume:
+        g[i] = 0
+    if use_mom:
+        d = np.float32(np.float32(m * u[i]) + d)
+        u[i] = d
+    return d
+
+
 @njit(cache=True)
 def _accumulate_flag(acc, g, u, m, use_mom, consume, use_abs, hi, lo, flags):
     """The fused pass of error feedback, first half: d = g (or u ← m·u + g, d = u; m
     float32, the float32 rounding of u.mul_(m).add_(g)); acc += d (acc's dtype); flag byte
     bit 0: acc ≥ hi, bit 1: acc ≤ lo (|acc| ≥ hi when use_abs); with ``consume`` g is
     zeroed behind the read (the caller's output buffer then starts at 0 without another
-    pass). Branch-free, so the compiler vectorises it. (The update is read inline: the same
-    lines in a helper, even one numba inlines, ran ~70× slower, 28 ns per element.)"""
+    pass). Branch-free, so the compiler vectorises it."""
     for i in range(acc.size):
-        d = g[i]
-        if consume:
-            g[i] = 0
-        if use_mom:
-            d = np.float32(np.float32(m * u[i]) + d)
-            u[i] = d
-        x = acc[i] + d
+        x = acc[i] + _take_update(g, u, m, use_mom, consume, i)
         acc[i] = x
         if use_abs:
             x = abs(x)
@@ -197,24 +203,23 @@ def _accumulate_collect(acc, g, u, m, use_mom, consume, use_abs, hi, lo, flags, 
             if x == 0:
                 continue
             base = s + 8 * w
-            # set low bits of byte j of h: position base + j (helpers ran far slower here)
-            h = x & ones
-            while h != 0:
-                i = base + (trailing_zeros(h) >> 3)
-                if nh < cap:
-                    out_hi[nh] = i
-                    val_hi[nh] = acc[i]
-                nh += 1
-                h &= h - one
-            h = (x >> one) & ones
-            while h != 0:
-                i = base + (trailing_zeros(h) >> 3)
-                if nl < cap:
-                    out_lo[nl] = i
-                    val_lo[nl] = acc[i]
-                nl += 1
-                h &= h - one
+            nh = _take_flagged(x & ones, base, acc, cap, out_hi, val_hi, nh)
+            nl = _take_flagged((x >> one) & ones, base, acc, cap, out_lo, val_lo, nl)
     return nh, nl
+
+
+@njit(inline="always")
+def _take_flagged(h, base, acc, cap, out, val, n):
+    """Append the positions base + j of the set low bits of bytes j of ``h`` (and their acc
+    values) to out/val from count n, lowest first, writing only below cap; the new count."""
+    while h != 0:
+        i = base + (trailing_zeros(h) >> 3)
+        if n < cap:
+            out[n] = i
+            val[n] = acc[i]
+        n += 1
+        h &= h - np.uint64(1)
+    return n
 
 
 #: elements per chunk of the fused pass (a chunk of acc, g and flags stays in L2)
@@ -414,13 +419,7 @@ def _accumulate(acc, g, u, m, use_mom, consume):
     """acc += d, d = g or u ← m·u + g (float32 rounding as u.mul_(m).add_(g)); with
     ``consume`` g is zeroed behind the read: the small-tensor half of ``_accumulate_flag``."""
     for i in range(acc.size):
-        d = g[i]
-        if consume:
-            g[i] = 0
-        if use_mom:
-            d = np.float32(np.float32(m * u[i]) + d)
-            u[i] = d
-        acc[i] += d
+        acc[i] += _take_update(g, u, m, use_mom, consume, i)
 
 
 @njit(cache=True)
@@ -495,17 +494,15 @@ def _next_hint(hint: list[float], k: int, upper: tuple[float, int, float, bool],
     residual's distribution otherwise moves little between steps.) Too few extra
     candidates to estimate a density (< 16): no hint, the next call samples."""
     extra = 0.15 * k + 4.0 * math.sqrt(k) + 8.0
-    h, c, t, sent = upper
-    if c - k < 16:
-        return
-    new_hi = t - (t - h) * (extra + k * sent) / (c - k)
-    new_lo = -math.inf
-    if lower is not None:
-        h, c, t, sent = lower
+    out = [-math.inf, -math.inf]
+    for j, side in enumerate((upper, lower)):
+        if side is None:
+            continue
+        h, c, t, sent = side
         if c - k < 16:
             return
-        new_lo = t + (h - t) * (extra + k * sent) / (c - k)
-    hint[:] = [new_hi, new_lo]
+        out[j] = t + (h - t) * (extra + k * sent) / (c - k)  # beyond t, towards h and past
+    hint[:] = out
 
 
 def _partial_top(values: np.ndarray, k: int) -> np.ndarray:
@@ -822,11 +819,11 @@ class Compressor:
 
         ``hint``: a list kept by the caller for this accumulator between calls. The fused
         pass then takes its thresholds from the previous call's k-th values instead of a
-        sample (which costs a scattered gather on cold caches), placed for ≈ k + 0.15·k +
-        4√k + 8 candidates by the candidate density just below the k-th value; the
-        selection stays exact. When the distribution moved too far (too few or too many
-        candidates), the selection reruns on the updated A from a sample
-        (``hint_misses``) and the next call samples again."""
+        sample (which costs a scattered gather on cold caches), placed by the candidate
+        density just below the k-th value (``_next_hint``); the selection stays exact.
+        When the distribution moved too far (too few or too many candidates), the
+        selection reruns on the updated A from a sample (``hint_misses``) and the next
+        call samples again."""
         g = update.detach().reshape(-1)
         use_mom = momentum_buffer is not None and momentum != 0.0
         n = acc.numel()
