@@ -40,7 +40,12 @@ handed out one at a time; the codec evens out the chunk count with ``balanced_ch
 Speed notes (all bit-exact with the straightforward formulation): the context states live in
 one flat int64 array, 4 slots per context, indexed with unsigned integers (numba skips its
 negative-index wrap-around); the warm-up shifts come from a per-stream table by use count;
-the interval update is branch-free (masks); the range is renormalised byte-wise.
+the interval update is branch-free (masks); the range is renormalised byte-wise. The
+per-chunk loops run in kernels compiled with ``_nrt=False`` (numba without its reference
+counting) on state their NRT-compiled wrappers allocate: numba inlines each ``enc_ctx``
+into the loop with an incref/decref of every array it takes, its pruning pass left them in
+place, and those atomic calls cost more than the coding (encode on DQ-like levels 59 →
+32 ns per weight, one core, bit-identical output).
 
 Stream layout (little-endian)::
 
@@ -400,8 +405,23 @@ def hash_step(h, r):
 def encode_levels_chunk(levels, lo, hi, row_len, g, ctx_mode, dq, wt, buf, measure):
     """Code levels[lo:hi] (one chunk, fresh contexts). Returns (nbytes, checksum, ideal bits);
     nbytes > buf.size means the buffer was too small (nothing valid was written)."""
+    st = init_contexts(ctx_layout(g, ctx_mode)[5])
+    return _encode_chunk_kernel(levels, lo, hi, row_len, g, ctx_mode, dq, wt, buf, measure, st)
+
+
+@njit(cache=True, _nrt=False)
+def _encode_chunk_kernel(levels, lo, hi, row_len, g, ctx_mode, dq, wt, buf, measure, st):
+    """``encode_levels_chunk`` on the fresh contexts ``st``, compiled without reference
+    counting (module docstring, speed notes); the loop inlined twice, the context mode a
+    constant in each copy (as the decoder's)."""
+    if ctx_mode == 0:
+        return _encode_chunk_body(levels, lo, hi, row_len, g, 0, dq, wt, buf, measure, st)
+    return _encode_chunk_body(levels, lo, hi, row_len, g, 1, dq, wt, buf, measure, st)
+
+
+@njit(cache=True, inline="always")
+def _encode_chunk_body(levels, lo, hi, row_len, g, ctx_mode, dq, wt, buf, measure, st):
     n_act, c_sig, c_sign, c_gt, c_eg, n_ctx = ctx_layout(g, ctx_mode)
-    st = init_contexts(n_ctx)
     low = 0
     rng = 0xFFFFFFFF
     cache = -1
@@ -473,12 +493,12 @@ def dec_bypass(code, rng, pos, data, end):
 
 @njit(cache=True, inline="always")
 def _decode_chunk_body(data, start, end, lo, hi, row_len, g, ctx_mode, dq, wt, out, outf,
-                        scale, to_float):
+                        scale, to_float, st, ring):
     """Decode one chunk into out[lo:hi] (integer reconstructions r), or straight to floats
-    outf[lo:hi] = r·scale when ``to_float`` (saves a pass). Returns (status, checksum):
+    outf[lo:hi] = r·scale when ``to_float`` (saves a pass), from the fresh contexts ``st``
+    (``ring``: the zeroed previous-row buffer of ``_ring``). Returns (status, checksum):
     status 0 ok, 1 bad exp-Golomb prefix / level too large, 2 bad byte count."""
     n_act, c_sig, c_sign, c_gt, c_eg, n_ctx = ctx_layout(g, ctx_mode)
-    st = init_contexts(n_ctx)
     pos = start
     code = 0
     for _ in range(4):
@@ -492,10 +512,7 @@ def _decode_chunk_body(data, start, end, lo, hi, row_len, g, ctx_mode, dq, wt, o
     h = 2166136261
     prev = 0
     col = lo % row_len
-    # ctx_mode 1 needs the previous row's coded values (out holds reconstructions): keep the
-    # last row of k's, only when a row fits in the chunk (else ``above`` is never available)
     has_above = ctx_mode == 1 and row_len < hi - lo
-    ring = np.zeros(row_len if has_above else 1, dtype=np.int32)
     for i in range(lo, hi):
         if col == 0:
             prev = 0
@@ -563,15 +580,31 @@ def decode_levels_chunk(data, start, end, lo, hi, row_len, g, ctx_mode, dq, wt, 
                         scale, to_float):
     """Decode one chunk into out[lo:hi] (integer reconstructions r), or straight to floats
     outf[lo:hi] = r·scale when ``to_float`` (saves a pass). Returns (status, checksum):
-    status 0 ok, 1 bad exp-Golomb prefix / level too large, 2 bad byte count.
+    status 0 ok, 1 bad exp-Golomb prefix / level too large, 2 bad byte count."""
+    st = init_contexts(ctx_layout(g, ctx_mode)[5])
+    return _decode_chunk_kernel(data, start, end, lo, hi, row_len, g, ctx_mode, dq, wt, out,
+                                outf, scale, to_float, st, _ring(row_len, lo, hi, ctx_mode))
 
-    The loop is inlined twice, with the context mode a constant in each copy, so the
-    plain layout (mode 0) carries none of the neighbourhood bookkeeping."""
+
+@njit(cache=True)
+def _ring(row_len, lo, hi, ctx_mode):
+    """The previous row's coded values for ctx_mode 1 (out holds reconstructions, not k):
+    a zeroed row, only when a row fits in the chunk (else ``above`` is never available)."""
+    return np.zeros(row_len if (ctx_mode == 1 and row_len < hi - lo) else 1, dtype=np.int32)
+
+
+@njit(cache=True, _nrt=False)
+def _decode_chunk_kernel(data, start, end, lo, hi, row_len, g, ctx_mode, dq, wt, out, outf,
+                         scale, to_float, st, ring):
+    """``decode_levels_chunk`` on preallocated state, compiled without reference counting
+    (module docstring, speed notes). The loop is inlined twice, with the context mode a
+    constant in each copy, so the plain layout (mode 0) carries none of the neighbourhood
+    bookkeeping."""
     if ctx_mode == 0:
         return _decode_chunk_body(data, start, end, lo, hi, row_len, g, 0, dq, wt, out, outf,
-                                  scale, to_float)
+                                  scale, to_float, st, ring)
     return _decode_chunk_body(data, start, end, lo, hi, row_len, g, 1, dq, wt, out, outf,
-                              scale, to_float)
+                              scale, to_float, st, ring)
 
 
 # ----------------------------------------------------------------------------- parallel drivers

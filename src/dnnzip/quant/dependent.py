@@ -147,12 +147,13 @@ def _state_step(js, s, prev, above_abs, ctx_mode, n_act, g, kA, kB, mA, mB, dA, 
     return eC, eK, oC, oK
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _trellis(w, sc, fw, use_f, i0, i1, lo, row_len, s0, p0, lam, g, ctx_mode, sigc, signc, magc,
              egpre, levels, bps, bpk):
     """``_trellis_body`` inlined twice, the context mode a constant in each copy (as the
     decoder's chunk loop): with it a run-time value, the per-weight branches around the
-    shared magnitude bits ran the whole search about 3× slower."""
+    shared magnitude bits ran the whole search about 3× slower. Compiled without reference
+    counting, as the coder's kernels (``coding.cabac``, speed notes)."""
     if ctx_mode == 0:
         return _trellis_body(w, sc, fw, use_f, i0, i1, lo, row_len, s0, p0, lam, g, 0, sigc,
                              signc, magc, egpre, levels, bps, bpk)
@@ -288,6 +289,27 @@ def dq_chunk(w, sc, fw, use_f, lo, hi, row_len, lam, g, ctx_mode, wt, buf, level
     egpre = np.zeros(30)
     bps = np.zeros((SEGMENT, 4), dtype=np.int8)
     bpk = np.zeros((SEGMENT, 4), dtype=np.int32)
+    return _dq_chunk_kernel(w, sc, fw, use_f, lo, hi, row_len, lam, g, ctx_mode, wt, buf, levels,
+                            measure, cost0, cost1, st, sigc, signc, magc, egpre, bps, bpk)
+
+
+@njit(cache=True, _nrt=False)
+def _dq_chunk_kernel(w, sc, fw, use_f, lo, hi, row_len, lam, g, ctx_mode, wt, buf, levels,
+                     measure, cost0, cost1, st, sigc, signc, magc, egpre, bps, bpk):
+    """``dq_chunk`` on the state it allocated, compiled without reference counting (as the
+    coder's kernels, ``coding.cabac`` speed notes); the loop inlined twice, the context
+    mode a constant in each copy."""
+    if ctx_mode == 0:
+        return _dq_chunk_body(w, sc, fw, use_f, lo, hi, row_len, lam, g, 0, wt, buf, levels,
+                              measure, cost0, cost1, st, sigc, signc, magc, egpre, bps, bpk)
+    return _dq_chunk_body(w, sc, fw, use_f, lo, hi, row_len, lam, g, 1, wt, buf, levels,
+                          measure, cost0, cost1, st, sigc, signc, magc, egpre, bps, bpk)
+
+
+@njit(cache=True, inline="always")
+def _dq_chunk_body(w, sc, fw, use_f, lo, hi, row_len, lam, g, ctx_mode, wt, buf, levels,
+                   measure, cost0, cost1, st, sigc, signc, magc, egpre, bps, bpk):
+    n_act, c_sig, c_sign, c_gt, c_eg, n_ctx = ctx_layout(g, ctx_mode)
     low = 0
     rng = 0xFFFFFFFF
     cache = -1

@@ -99,8 +99,17 @@ def rdoq_chunk(w, sc, fw, use_f, lo, hi, row_len, lam, g, ctx_mode, wt, buf, lev
                cost0, cost1):
     """Quantize and code x[lo:hi] (x = w/Δ) greedily; levels written to ``levels``.
     Returns (nbytes, checksum, ideal bits)."""
+    st = init_contexts(ctx_layout(g, ctx_mode)[5])
+    return _rdoq_chunk_kernel(w, sc, fw, use_f, lo, hi, row_len, lam, g, ctx_mode, wt, buf,
+                              levels, measure, cost0, cost1, st)
+
+
+@njit(cache=True, _nrt=False)
+def _rdoq_chunk_kernel(w, sc, fw, use_f, lo, hi, row_len, lam, g, ctx_mode, wt, buf, levels,
+                       measure, cost0, cost1, st):
+    """``rdoq_chunk`` on the fresh contexts ``st``, compiled without reference counting (as
+    the coder's kernels, ``coding.cabac`` speed notes)."""
     n_act, c_sig, c_sign, c_gt, c_eg, n_ctx = ctx_layout(g, ctx_mode)
-    st = init_contexts(n_ctx)
     low = 0
     rng = 0xFFFFFFFF
     cache = -1
