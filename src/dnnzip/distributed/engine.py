@@ -167,6 +167,7 @@ class Exchanger:
         self._codecs: dict[tuple[Slot, ...], PacketCodec] = {}
         self._layouts: dict[tuple, tuple[np.ndarray, list, list]] = {}
         self._world: int | None = None
+        self._rank = 0
         self.timings = _new_timings()
         #: step → this worker's own seconds in that step's exchanges (all but the collectives)
         self.own_per_step: dict[int, float] = {}
@@ -276,8 +277,9 @@ class Exchanger:
             for n, u, c in zip(names, updates, compress, strict=True)
         )
         codec = self._codec(slots)
-        if self._world is None:  # a process group's size never changes
+        if self._world is None:  # a process group's size and this worker's rank never change
             self._world = torch.distributed.get_world_size(self.group)
+            self._rank = torch.distributed.get_rank(self.group)
         world = self._world
         if out is None:
             flat = torch.zeros(sum(s.numel for s in slots), dtype=torch.float32, device=device)
@@ -330,7 +332,7 @@ class Exchanger:
             statuses, packets, sent = exchange_bytes(payload, status, self.group, device, tm)
             t3 = time.perf_counter()
             ok = all(s == STATUS_OK for s in statuses)
-            raws = [codec.decode_raw(pk) for pk in packets] if ok else []
+            raws = self._raws(codec, messages, packets, codec.decode_raw) if ok else []
         else:
             if status == STATUS_OK:
                 words = codec.encode_padded(messages, status)
@@ -343,7 +345,7 @@ class Exchanger:
             statuses, arrays, sent = exchange_words(words, self.group, device, tm)
             t3 = time.perf_counter()
             ok = all(s == STATUS_OK for s in statuses)
-            raws = [codec.decode_padded_raw(a) for a in arrays] if ok else []
+            raws = self._raws(codec, messages, arrays, codec.decode_padded_raw) if ok else []
         self.ledger.record(step, golomb_bits=bits, sent_bytes=sent)
         if not ok:
             bad = [r for r, s in enumerate(statuses) if s != STATUS_OK]
@@ -371,6 +373,14 @@ class Exchanger:
                 o.div_(world)
         self._clock(step, c0, t0, t1, t2, t3, time.perf_counter())
         return out, messages
+
+    def _raws(self, codec: PacketCodec, messages: list[Message], packets: Sequence[Any],
+              decode) -> list[RawPacket]:
+        """Every worker's packet, validated and in rank order: the peers' decoded, this
+        worker's own taken from its messages (``PacketCodec.raw_of``: the same numbers its
+        bytes carry, one decode less per step)."""
+        return [codec.raw_of(messages) if r == self._rank else decode(pk)
+                for r, pk in enumerate(packets)]
 
     def _average_flat(self, codec: PacketCodec, slots: tuple[Slot, ...],
                       raws: list[RawPacket], flats: list[torch.Tensor], world: int) -> None:

@@ -192,6 +192,24 @@ class PacketCodec:
         bits += 32 * c if self.method == "topk" else (c if self.method == "stc" else 0)
         return b"".join(parts), bits
 
+    def raw_of(self, messages: Sequence[Message]) -> RawPacket:
+        """What ``decode_raw`` returns for the packet of ``messages``, without encoding and
+        decoding it: a worker merges its own packet from its messages. The same numbers
+        the bytes carry (positions; float32 scales, dense values and top-k values; signs),
+        so the merge is bit for bit the one of the decoded packet."""
+        self._check(messages)
+        comp, positions, dense_vals, scales = self._gather(messages)
+        if self.method == "dense":
+            return self._validated(positions, _EMPTY_F32, dense_vals, None, None)
+        values = negative = None
+        if self.method == "topk":
+            values = (np.concatenate([m.values for m in comp]).astype(np.float32)
+                      if comp else _EMPTY_F32)
+        elif self.method == "stc":
+            negative = (np.concatenate([m.negative for m in comp]).astype(bool)
+                        if comp else np.empty(0, dtype=bool))
+        return self._validated(positions, scales, dense_vals, values, negative)
+
     def decode(self, data: bytes | bytearray | memoryview) -> list[Message]:
         """Messages (one per slot) from a Golomb packet; raises CorruptPayload."""
         return self._assemble(*self.decode_raw(data))
@@ -334,7 +352,7 @@ class PacketCodec:
             )
         dense_vals = words[words.size - self.dense_numel :].view(np.float32)
         if self.method == "dense":
-            return self._validated(np.empty(0, np.int64), None, dense_vals, None, None)
+            return self._validated(np.empty(0, np.int64), _EMPTY_F32, dense_vals, None, None)
         codes = words[1 : 1 + self.k_total].astype(np.int64)
         scales = words[1 + self.k_total : 1 + self.k_total + len(self.scaled_index)]
         scales = scales.view(np.float32)
