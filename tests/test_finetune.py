@@ -275,7 +275,7 @@ def test_distillation_loss_limits_and_gradient():
     at_teacher = t.clone().requires_grad_(True)
     loss = distillation_loss(at_teacher, y, t, alpha=1.0, temperature=temp)
     loss.backward()
-    assert float(loss) == pytest.approx(0.0, abs=1e-6)
+    assert loss.item() == pytest.approx(0.0, abs=1e-6)
     assert float(at_teacher.grad.abs().max()) < 1e-6
     # the gradient w.r.t. the student logits is (softmax(z/T) − softmax(z_t/T))·T / batch
     z.grad = None
@@ -355,7 +355,7 @@ def test_grid_training_leaves_exact_grid_weights_that_deepcabac_codes_losslessly
             first = float(loss.detach()) if first is None else first
             loss.backward()
             opt.step()
-        assert float(nn.functional.cross_entropy(net(x), y)) < first  # straight-through learns
+        assert nn.functional.cross_entropy(net(x), y).item() < first  # straight-through learns
     for n, s in steps.items():
         w = net.get_parameter(n).detach()
         r = w / s
