@@ -311,6 +311,8 @@ def test_packet_rejects_messages_that_do_not_fit():
         codec.encode(msgs)
     with pytest.raises(InvalidOption):
         codec.encode(msgs[:2])
+    with pytest.raises(InvalidOption):  # a worker's own packet is checked the same way
+        codec.raw_of(msgs)
 
 
 # ------------------------------------------------------------------------------ ledger

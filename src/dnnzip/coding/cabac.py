@@ -45,7 +45,7 @@ per-chunk loops run in kernels compiled with ``_nrt=False`` (numba without its r
 counting) on state their NRT-compiled wrappers allocate: numba inlines each ``enc_ctx``
 into the loop with an incref/decref of every array it takes, its pruning pass left them in
 place, and those atomic calls cost more than the coding (encode on DQ-like levels 59 →
-32 ns per weight, one core, bit-identical output).
+31 ns per weight, one core, bit-identical output).
 
 Stream layout (little-endian)::
 

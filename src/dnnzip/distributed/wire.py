@@ -155,6 +155,17 @@ class PacketCodec:
         scales = np.array([messages[i].scale for i in self.scaled_index], dtype=np.float32)
         return comp, positions, dense_vals, scales
 
+    def _extras(self, comp: Sequence[Message]) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(top-k values as float32, stc signs as bool) of the compressed messages, in packet
+        order; None where the method carries no such part."""
+        if self.method == "topk":
+            return (np.concatenate([m.values for m in comp]).astype(np.float32) if comp
+                    else _EMPTY_F32), None
+        if self.method == "stc":
+            return None, (np.concatenate([m.negative for m in comp]).astype(bool) if comp
+                          else np.empty(0, dtype=bool))
+        return None, None
+
     def exact_bits(self, messages: Sequence[Message]) -> int:
         """Information bits of the Golomb packet before byte padding (the ledger's count)."""
         comp, positions, _, _ = self._gather(messages)
@@ -179,13 +190,11 @@ class PacketCodec:
         c = positions.size
         parts = [np.array([c], dtype="<u4").tobytes(), scales.astype("<f4").tobytes(),
                  dense_vals.astype("<f4").tobytes()]
-        if self.method == "topk":
-            vals = [m.values for m in comp]
-            parts.append(np.concatenate(vals).astype("<f4").tobytes() if vals else b"")
-        elif self.method == "stc":
-            neg = [m.negative for m in comp]
-            flags = np.concatenate(neg) if neg else np.empty(0, dtype=bool)
-            parts.append(np.packbits(flags).tobytes())
+        values, negative = self._extras(comp)
+        if values is not None:
+            parts.append(values.astype("<f4").tobytes())
+        elif negative is not None:
+            parts.append(np.packbits(negative).tobytes())
         golomb = encode_positions(positions, self.b)
         parts.append(golomb)
         bits = 32 + 32 * scales.size + 32 * self.dense_numel + position_bits(positions, self.b)
@@ -201,14 +210,7 @@ class PacketCodec:
         comp, positions, dense_vals, scales = self._gather(messages)
         if self.method == "dense":
             return self._validated(positions, _EMPTY_F32, dense_vals, None, None)
-        values = negative = None
-        if self.method == "topk":
-            values = (np.concatenate([m.values for m in comp]).astype(np.float32)
-                      if comp else _EMPTY_F32)
-        elif self.method == "stc":
-            negative = (np.concatenate([m.negative for m in comp]).astype(bool)
-                        if comp else np.empty(0, dtype=bool))
-        return self._validated(positions, scales, dense_vals, values, negative)
+        return self._validated(positions, scales, dense_vals, *self._extras(comp))
 
     def decode(self, data: bytes | bytearray | memoryview) -> list[Message]:
         """Messages (one per slot) from a Golomb packet; raises CorruptPayload."""

@@ -296,7 +296,7 @@ def dq_chunk(w, sc, fw, use_f, lo, hi, row_len, lam, g, ctx_mode, wt, buf, level
 @njit(cache=True, _nrt=False)
 def _dq_chunk_kernel(w, sc, fw, use_f, lo, hi, row_len, lam, g, ctx_mode, wt, buf, levels,
                      measure, cost0, cost1, st, sigc, signc, magc, egpre, bps, bpk):
-    """``dq_chunk`` on the state it allocated, compiled without reference counting (as the
+    """``dq_chunk`` on the state ``dq_chunk`` allocated, compiled without reference counting (as the
     coder's kernels, ``coding.cabac`` speed notes); the loop inlined twice, the context
     mode a constant in each copy."""
     if ctx_mode == 0:
