@@ -28,6 +28,7 @@ from dnnzip.formats import (
     kernels,
 )
 from dnnzip.formats import _base as base
+from dnnzip.formats import cser as cser_mod
 from dnnzip.formats.cost import TimeModel, mem_energy, op_energy
 
 ALL = (Dense, CSR, CER, CSER, EIE)
@@ -149,6 +150,13 @@ def test_parallel_serial_and_both_batch_kernels_agree(monkeypatch, batch):
                 mat.batch_kernel = mode
                 _check_product(mat, w, x, threads=1)
                 _check_product(mat, w, x, threads=2)
+            if cls is not CSR:  # the row kernel's other pass width than this CPU's
+                monkeypatch.setattr(cser_mod, "WIDE_PASSES", not cser_mod.WIDE_PASSES)
+                mat.batch_kernel = "rows"
+                _check_product(mat, w, x, threads=1)
+                _check_product(mat, w, x, threads=2)
+                monkeypatch.undo()
+                monkeypatch.setattr(base, "PARALLEL_MIN_WORK", 1)
 
 
 def test_nonzero_omega0_is_implicit():
@@ -350,6 +358,26 @@ def test_state_round_trip_and_module_helpers():
     np.testing.assert_array_equal(lv.toarray(), [[0, 1.5], [-1.0, 0]])
 
 
+
+def test_batch_operands_are_cache_line_aligned():
+    # a misaligned X made every 16-float row load of the batch kernels straddle two lines
+    rng = np.random.default_rng(11)
+    for n, b, m, dtype in ((1, 1, 1, np.float32), (7, 9, 3, np.float32),
+                           (300, 64, 100, np.float32), (33, 5, 8, np.float64)):
+        x = rng.standard_normal((n, b)).astype(dtype)
+        for width in (8, 16):
+            for zero, src in ((True, x), (False, np.asfortranarray(x))):
+                xe, y = base.batch_operands(src, width, m, zero)
+                bp = -(-b // width) * width
+                assert xe.shape == (n + 1, bp) and y.shape == (m, bp)
+                assert xe.dtype == y.dtype == dtype
+                for a in (xe, y):
+                    assert a.ctypes.data % 64 == 0 and a.flags.c_contiguous
+                np.testing.assert_array_equal(xe[:n, :b], x)
+                assert not xe[n].any() and not xe[:, b:].any()
+                assert not zero or not y.any()
+
+
 def test_sliced_plan_covers_every_element_once():
     rng = np.random.default_rng(7)
     w = (rng.integers(-5, 6, size=(200, 90)) * (rng.random((200, 90)) < 0.3)).astype(np.float32)
@@ -455,7 +483,6 @@ def test_time_model_counts_the_fixed_cost_of_a_call():
 
 
 def test_auto_batch_kernel_times_each_kernel_once_per_bucket(monkeypatch):
-    from dnnzip.formats import cser as cser_mod
 
     rng = np.random.default_rng(9)
     w = (rng.integers(-7, 8, size=(60, 90)) * (rng.random((60, 90)) < 0.2)).astype(np.float32)

@@ -16,6 +16,7 @@ import numba
 import numpy as np
 
 from ..codec import InvalidOption, Quantized
+from . import kernels
 
 #: work (stored elements × batch columns) under which the serial kernel is used: a parallel
 #: region costs 5-20 µs to start on an idle machine and milliseconds when the other cores are
@@ -441,17 +442,31 @@ def entry_point(dispatcher: Any, args: tuple) -> Any:
     return dispatcher if cres is None else cres.entry_point
 
 
-def batch_layout(x: np.ndarray, width: int) -> np.ndarray:
-    """(n, B) → (n + 1, B') row-major copy: B' a multiple of ``width``, last row zero.
+def batch_operands(x: np.ndarray, width: int, m: int, zero_out: bool
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """(Xe, Y) for an m-row product with x (n × B): Xe an (n + 1) × B' row-major copy, B' the
+    multiple of ``width`` at or above B, last row and padded columns zero; Y the m × B'
+    output (zeroed when ``zero_out``). Both start on a cache line (``kernels.batch_operands``).
 
     The zero row is where padded CER/CSER lanes point; the padded columns keep every vector
     load of a kernel full width.
     """
-    n, b = x.shape
-    bp = -(-b // width) * width
-    xe = np.zeros((n + 1, bp), x.dtype)
-    xe[:n, :b] = x
-    return xe
+    bp = -(-x.shape[1] // width) * width
+    return kernels.batch_operands(x, bp, m, zero_out)
+
+
+def has_avx512() -> bool:
+    """Whether numba compiles for a CPU with AVX-512 (its target: ``NUMBA_CPU_NAME`` /
+    ``NUMBA_CPU_FEATURES`` when set, else this host)."""
+    from llvmlite import binding as llvm
+
+    if numba.config.CPU_FEATURES:
+        features = str(numba.config.CPU_FEATURES)
+    elif numba.config.CPU_NAME and numba.config.CPU_NAME != "host":
+        return False  # a named CPU without features: assume the baseline
+    else:
+        features = llvm.get_host_cpu_features().flatten()
+    return "+avx512f" in features.split(",")
 
 
 def batch_width(dtype: np.dtype, batch: int) -> int:

@@ -352,11 +352,12 @@ def row_dot(typingctx, data, ind, x, start, stop):
     return sig, codegen
 
 
-def _make_row_axpy(width: int):
+def _make_row_axpy(width: int, n_acc: int = 4):
     @intrinsic
     def row_axpy(typingctx, data, ind, X, start, stop, j0, Y, i):
-        """Y[i, j0:j0+w] = Σ_k data[k]·X[ind[k], j0:j0+w]: a CSR row against a batch,
-        four vector accumulators (w = 8 or 16 columns)."""
+        """Y[i, j0:j0+w] = Σ_k data[k]·X[ind[k], j0:j0+w]: a CSR row against a batch, the
+        loop unrolled by four over ``n_acc`` vector accumulators of w columns (w·n_acc ≤ 64
+        floats: 16 AVX2 / 4 AVX-512 registers)."""
         _check_float_array(X, "X")
         _check_index_array(ind, "ind")
         sig = types.void(data, ind, X, types.int64, types.int64, types.int64, Y, types.int64)
@@ -374,7 +375,7 @@ def _make_row_axpy(width: int):
             vt = _vec(fty, width)
             align = _esize(fty)
             zero = ir.Constant(vt, [0.0] * width)
-            accs = [cgutils.alloca_once_value(builder, zero) for _ in range(4)]
+            accs = [cgutils.alloca_once_value(builder, zero) for _ in range(n_acc)]
 
             def step(k, acc):
                 r = builder.load(builder.gep(ip, [k]))
@@ -392,12 +393,14 @@ def _make_row_axpy(width: int):
             with cgutils.for_range(builder, quads) as loop:
                 k = builder.add(a, builder.mul(loop.index, ir.Constant(_i64, 4)))
                 for u in range(4):
-                    step(builder.add(k, ir.Constant(_i64, u)), accs[u])
+                    step(builder.add(k, ir.Constant(_i64, u)), accs[u % n_acc])
             tail0 = builder.add(a, builder.mul(quads, ir.Constant(_i64, 4)))
             with cgutils.for_range(builder, builder.sub(b, tail0)) as loop:
                 step(builder.add(tail0, loop.index), accs[0])
-            total = builder.fadd(builder.fadd(builder.load(accs[0]), builder.load(accs[1])),
-                                 builder.fadd(builder.load(accs[2]), builder.load(accs[3])))
+            parts = [builder.load(a) for a in accs]
+            while len(parts) > 1:  # pairwise: ((a0 + a1) + (a2 + a3)) as before for four
+                parts = [builder.fadd(parts[j], parts[j + 1]) for j in range(0, len(parts), 2)]
+            total = parts[0]
             p = builder.gep(Ya.data, [builder.add(builder.mul(i_v, ldy), j0_v)])
             builder.store(total, builder.bitcast(p, ir.PointerType(vt)), align=align)
             return context.get_dummy_value()
@@ -409,6 +412,8 @@ def _make_row_axpy(width: int):
 
 row_axpy8 = _make_row_axpy(8)
 row_axpy16 = _make_row_axpy(16)
+row_axpy32 = _make_row_axpy(32, 2)
+row_axpy64 = _make_row_axpy(64, 1)
 
 
 def _make_group_rows_matmat(width: int, q: int):
@@ -496,6 +501,7 @@ group_rows_matmat8 = _make_group_rows_matmat(8, 1)
 group_rows_matmat16 = _make_group_rows_matmat(16, 1)
 group_rows_matmat32 = _make_group_rows_matmat(16, 2)
 group_rows_matmat48 = _make_group_rows_matmat(16, 3)
+group_rows_matmat64 = _make_group_rows_matmat(16, 4)
 
 
 def _make_slice_panel(width: int, lanes: int):

@@ -38,9 +38,10 @@ from ._base import (
     Triplets,
     _check_finite,
     _value_dtype,
-    batch_layout,
+    batch_operands,
     batch_width,
     entry_point,
+    has_avx512,
     index_dtype,
 )
 from ._vec import LANES
@@ -52,7 +53,10 @@ ROW_BLOCK = 16
 #: batch kernels "auto" chooses among (see ``_Grouped.batch_kernel``), and the timed runs of
 #: each it compares (the fastest counts: on a shared machine others only ever add time)
 BATCH_KERNELS = ("sliced", "rows", "panel")
-TUNE_RUNS = 2
+TUNE_RUNS = 5
+#: the row-wise batch kernel's 64-column passes (``kernels.grouped_matmat``): where the CPU
+#: numba compiles for has AVX-512's 32 vector registers
+WIDE_PASSES = has_avx512()
 
 
 def batch_bucket(batch: int) -> int:
@@ -182,8 +186,7 @@ class SlicedPlan:
         args = (self.col, self.sl_ptr, self.sl_len, lane_w, self.lane_row, self.blk_ptr)
         b = x.shape[1]
         width = batch_width(x.dtype, b)
-        xe = batch_layout(x, width)
-        y = np.zeros((m, xe.shape[1]), x.dtype)
+        xe, y = batch_operands(x, width, m, True)
         (kernels.sliced_matmat_par if parallel else kernels.sliced_matmat)(*args, xe, y, width)
         if b != xe.shape[1]:
             y = np.ascontiguousarray(y[:, :b])
@@ -319,13 +322,12 @@ class _Grouped(MatrixFormat):
         # batch: row by row on the storage arrays, up to 64 output columns in registers
         m = self.shape[0]
         b = x.shape[1]
-        xe = batch_layout(x, 8 if b <= 8 else 16)
-        y = np.zeros((m, xe.shape[1]), x.dtype)
+        xe, y = batch_operands(x, 8 if b <= 8 else 16, m, True)
         args = (xe, self.colI, self.OmegaPtr, self.group_weights(x.dtype), self.rowPtr, y)
         if parallel:
-            kernels.grouped_matmat_par(*args, ROW_BLOCK)
+            kernels.grouped_matmat_par(*args, ROW_BLOCK, WIDE_PASSES)
         else:
-            kernels.grouped_matmat(*args)
+            kernels.grouped_matmat(*args, WIDE_PASSES)
         if b != xe.shape[1]:
             y = np.ascontiguousarray(y[:, :b])
         if self.omega[0] != 0:

@@ -21,7 +21,7 @@ from ._base import (
     Triplets,
     _check_finite,
     _value_dtype,
-    batch_layout,
+    batch_operands,
     batch_width,
     entry_point,
     index_dtype,
@@ -164,8 +164,7 @@ class CSR(MatrixFormat):
             return y
         b = x.shape[1]
         width = batch_width(x.dtype, b)
-        xe = batch_layout(x, width)
-        y = np.empty((m, xe.shape[1]), x.dtype)
+        xe, y = batch_operands(x, width, m, False)
         if parallel:
             kernels.csr_matmat_par(self.data, self.indices, self.indptr, xe, y, width, ROW_BLOCK)
         else:
