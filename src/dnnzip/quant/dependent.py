@@ -78,10 +78,9 @@ def _fill_tables(st, g, n_act, c_sig, c_sign, c_gt, c_eg, sigc, signc, magc, egp
 
 @njit(cache=True, inline="always")
 def _k_of_r(r):
-    """Index k of an odd reconstruction r on Q1 (r = 2k − sgn k)."""
-    if r > 0:
-        return (r + 1) >> 1
-    return -((-r + 1) >> 1)
+    """Index k of an odd reconstruction r on Q1 (r = 2k − sgn k): (r + 1)/2 for r > 0,
+    (r − 1)/2 for r < 0, as one shift — the sign of r is random, a branch on it mispredicts."""
+    return (r + 1 - 2 * (r < 0)) >> 1
 
 
 @njit(cache=True, inline="always")
@@ -125,25 +124,32 @@ def _state_step(js, s, prev, above_abs, ctx_mode, n_act, g, kA, kB, mA, mB, dA, 
     cA = js + dA + lam * (sA + mA)
     cB = js + dB + lam * (sB + mB)
     cZ = js + dZ + lam * s0
-    # Q0's nearest pair may contain 0 itself: that one is only a candidate as Z
-    cA = cA if kA != 0 else _INF
-    cB = cB if kB != 0 else _INF
-    cZ = cZ if zero_ok else _INF
-    evA = (kA & 1) == 0
-    evB = (kB & 1) == 0
-    eC = cA if evA else _INF
-    oC = _INF if evA else cA
-    eK = kA
-    oK = kA
-    tb = evB and cB < eC
-    eC = cB if tb else eC
-    eK = kB if tb else eK
-    tb = (not evB) and cB < oC
-    oC = cB if tb else oC
-    oK = kB if tb else oK
+    # Q0's nearest pair may contain 0 itself: that one is only a candidate as Z. At most one
+    # of A, B is even (neighbours on Q0; on Q1 neighbours, or −1 and 1). Each candidate's
+    # cost in the even / odd slot is its cost plus 0 or _INF by parity: numba lowers
+    # `a if c else b` to blocks, and with computed costs as arms LLVM merged the blocks that
+    # test one parity into a branch, which the random parities mispredicted; selects
+    # between constants, and on float compares, stay branch-free
+    cA += 0.0 if kA != 0 else _INF
+    cB += 0.0 if kB != 0 else _INF
+    cZ += 0.0 if zero_ok else _INF
+    pA = 0.0 if (kA & 1) == 0 else _INF
+    pB = 0.0 if (kB & 1) == 0 else _INF
+    fA = float(kA)
+    fB = float(kB)
+    eA = cA + pA
+    eB = cB + pB
+    oA = cA + (_INF - pA)
+    oB = cB + (_INF - pB)
+    tb = eB < eA  # strict: ties keep the first in scan order (A, B, Z)
+    eC = eB if tb else eA
+    eK = fB if tb else fA
     tz = cZ < eC
     eC = cZ if tz else eC
-    eK = 0 if tz else eK
+    eK = 0.0 if tz else eK
+    to = oB < oA
+    oC = oB if to else oA
+    oK = fB if to else fA
     return eC, eK, oC, oK
 
 
@@ -188,10 +194,13 @@ def _trellis_body(w, sc, fw, use_f, i0, i1, lo, row_len, s0, p0, lam, g, ctx_mod
         J2 = 0.0
     else:
         J3 = 0.0
-    P0 = p0
-    P1 = p0
-    P2 = p0
-    P3 = p0
+    # each path's previous level rides as a float64 (exact: |k| < 2^29): its selects are then
+    # float masked moves, while integer cmovs were turned back into branches by LLVM's x86
+    # cmov conversion (the per-weight choices are data, a branch on them mispredicts)
+    P0 = float(p0)
+    P1 = P0
+    P2 = P0
+    P3 = P0
     for t in range(i1 - i0):
         i = i0 + t
         xi = float(w[i] / sc)
@@ -204,7 +213,7 @@ def _trellis_body(w, sc, fw, use_f, i0, i1, lo, row_len, s0, p0, lam, g, ctx_mod
         ro = 2 * int(np.floor((xi - 1.0) * 0.5)) + 1
         ax = abs(xi)
         # zero cannot win when it costs more distortion than any rate saving could repay
-        zero_ok = ax < 1.0 or f * (2.0 * ax - 1.0) <= lam * 64.0
+        zero_ok = (ax < 1.0) | (f * (2.0 * ax - 1.0) <= lam * 64.0)
         d = xi - 2 * ke
         dA0 = f * d * d
         d = xi - 2 * (ke + 1)
@@ -256,10 +265,10 @@ def _trellis_body(w, sc, fw, use_f, i0, i1, lo, row_len, s0, p0, lam, g, ctx_mod
         bps[t, 1] = b1
         bps[t, 2] = b2
         bps[t, 3] = b3
-        bpk[t, 0] = P0
-        bpk[t, 1] = P1
-        bpk[t, 2] = P2
-        bpk[t, 3] = P3
+        bpk[t, 0] = int(P0)
+        bpk[t, 1] = int(P1)
+        bpk[t, 2] = int(P2)
+        bpk[t, 3] = int(P3)
     best = 0
     bj = J0
     if J1 < bj:
