@@ -276,6 +276,9 @@ def test_rdoq_shared_prefix_costs_match_the_per_level_cost():
         rng = np.random.default_rng(g)
         st[0::cabac.CTX_SLOTS] = rng.integers(1, cabac.STATE_ONE, n_ctx)
         st[1::cabac.CTX_SLOTS] = rng.integers(1, cabac.STATE_ONE, n_ctx)
+        shift = cabac.STATE_BITS + 1 - cabac.PROB_BITS  # the coding probability of each pair
+        st[3::cabac.CTX_SLOTS] = np.maximum((st[0::cabac.CTX_SLOTS] + st[1::cabac.CTX_SLOTS])
+                                            >> shift, 1)
         for m in (1, 2, 3, g, g + 1, g + 2, 40):
             if m < 1:
                 continue

@@ -156,20 +156,24 @@ def gt_ctx(gt0, n_act, g, qid, a, k, neg):
 
 _U1 = np.uint64(1)
 _U2 = np.uint64(2)
-#: slots per context in the flat state array: fast estimator, slow estimator, use count, pad
+_U3 = np.uint64(3)
+#: slots per context in the flat state array: fast estimator, slow estimator, use count, and
+#: the coding probability their mean gives (``prob``)
 CTX_SLOTS = 4
 
 
 @njit(cache=True)
 def init_contexts(n_ctx):
-    """Fresh estimators: p = 1/2 for every context, fast and slow, and a use count.
+    """Fresh estimators: p = 1/2 for every context, fast and slow, a use count, and the
+    coding probability of that pair.
 
-    One flat int32 array, ``CTX_SLOTS`` per context (fast state, slow state, count, pad): a
-    context is one 16-byte load, and flat indexing keeps the per-bin address arithmetic short."""
+    One flat int64 array, ``CTX_SLOTS`` per context (fast state, slow state, count, p):
+    flat indexing keeps the per-bin address arithmetic short."""
     st = np.zeros(n_ctx * CTX_SLOTS, dtype=np.int64)
     for c in range(n_ctx):
         st[c * CTX_SLOTS] = STATE_ONE // 2
         st[c * CTX_SLOTS + 1] = STATE_ONE // 2
+        st[c * CTX_SLOTS + 3] = _mean_prob(STATE_ONE // 2, STATE_ONE // 2)
     return st
 
 
@@ -206,19 +210,29 @@ def update_ctx(st, ctx, bit, wt):
     target = bit << STATE_BITS
     f = st[j]
     s = st[j + _U1]
-    st[j] = f + ((target - f) >> sf)
-    st[j + _U1] = s + ((target - s) >> ss)
+    f += (target - f) >> sf
+    s += (target - s) >> ss
+    st[j] = f
+    st[j + _U1] = s
+    st[j + _U3] = _mean_prob(f, s)
+
+
+@njit(cache=True, inline="always")
+def _mean_prob(f, s):
+    """P(1) in 15 bits from the two estimators: their mean, at least 1.
+
+    The states stay in [0, 2^22 − 1] (a step moves at most to within 1 of the target and
+    never past it), so the mean is ≤ 32767 and only the lower clamp can act."""
+    p = (f + s) >> (STATE_BITS + 1 - PROB_BITS)
+    return p if p > 0 else 1
 
 
 @njit(cache=True, inline="always")
 def prob(st, ctx):
-    """Coding probability P(1) in 15 bits: mean of both estimators, at least 1.
-
-    The states stay in [0, 2^22 − 1] (a step moves at most to within 1 of the target and
-    never past it), so the mean is ≤ 32767 and only the lower clamp can act."""
-    j = np.uint64(ctx * CTX_SLOTS)
-    p = (st[j] + st[j + _U1]) >> (STATE_BITS + 1 - PROB_BITS)
-    return p if p > 0 else 1
+    """Coding probability P(1) of context ``ctx`` (``_mean_prob`` of its estimators, kept
+    up to date by ``update_ctx``): one load on the decoder's serial bin chain instead of
+    two loads, an add, a shift and a clamp."""
+    return st[np.uint64(ctx * CTX_SLOTS) + _U3]
 
 
 def _cost_tables():
