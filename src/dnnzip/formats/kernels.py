@@ -475,13 +475,9 @@ def grouped_matmat(Xe, colI, OmegaPtr, gw, rowPtr, Y, wide):
     groups stream by, 64 per pass when ``wide`` (``WIDE_PASSES``: three sets of 4 × 512-bit
     accumulators fit AVX-512's 32 registers; the index stream is read once instead of twice,
     1.2-1.9× faster at B = 64 on the benchmark's shapes), else as 32-column passes (64 would
-    spill AVX2's 16). The loop is inlined twice, ``wide`` a constant in each copy.
+    spill AVX2's 16).
     """
-    m = rowPtr.shape[0] - 1
-    if wide:
-        _group_rows_block(0, m, Xe, colI, OmegaPtr, gw, rowPtr, Y, True)
-    else:
-        _group_rows_block(0, m, Xe, colI, OmegaPtr, gw, rowPtr, Y, False)
+    _group_rows_block(0, rowPtr.shape[0] - 1, Xe, colI, OmegaPtr, gw, rowPtr, Y, wide)
 
 
 @njit(cache=True, fastmath=True, parallel=True)
@@ -489,9 +485,5 @@ def grouped_matmat_par(Xe, colI, OmegaPtr, gw, rowPtr, Y, block, wide):
     """Parallel ``grouped_matmat`` over blocks of ``block`` rows."""
     m = rowPtr.shape[0] - 1
     for b in prange((m + block - 1) // block):
-        r0 = b * block
-        r1 = min(m, r0 + block)
-        if wide:
-            _group_rows_block(r0, r1, Xe, colI, OmegaPtr, gw, rowPtr, Y, True)
-        else:
-            _group_rows_block(r0, r1, Xe, colI, OmegaPtr, gw, rowPtr, Y, False)
+        _group_rows_block(b * block, min(m, (b + 1) * block), Xe, colI, OmegaPtr, gw, rowPtr, Y,
+                          wide)

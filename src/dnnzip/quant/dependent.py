@@ -108,7 +108,8 @@ def _state_step(js, s, prev, above_abs, ctx_mode, n_act, g, kA, kB, mA, mB, dA, 
     Rate of a non-zero k: (sig + sign) + magnitude bits; ``mA``/``mB`` are the magnitude
     bits when the caller shares them between the states of a quantizer (ctx_mode 0), else
     they are computed here with this path's activity class.
-    Returns (even cost, even k, odd cost, odd k); branch-free selects, no stores."""
+    Returns (even cost, even k, odd cost, odd k), the k's as float64 (see ``_trellis_body``);
+    branch-free selects, no stores."""
     pc = sign_class(prev)
     a = 0
     qid = s >> 1
