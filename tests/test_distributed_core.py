@@ -400,11 +400,11 @@ def test_message_add_to_accumulates():
 @pytest.mark.parametrize("method", ["sbc", "stc", "topk"])
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("n", [300_000, 5_000, 7])
+@pytest.mark.parametrize("n", [300_000, 5_000, 1_500, 7])
 def test_fused_accumulate_compress_matches_the_plain_path(method, momentum, dtype, n):
-    """The compiled paths (one fused pass for large CPU tensors, accumulate + heap top-k
-    for small ones) give the same message and residual as momentum update + add + compress
-    done separately."""
+    """The compiled paths (one fused pass for CPU tensors from ``FUSED_MIN_NUMEL`` on,
+    accumulate + heap top-k for smaller ones) give the same message and residual as
+    momentum update + add + compress done separately."""
     rng = np.random.default_rng(5)
     comp = make_compressor(method, 0.003)
     acc_f = torch.from_numpy(rng.standard_normal(n)).to(dtype)

@@ -76,6 +76,11 @@ METHODS = ("sbc", "stc", "topk", "dense")
 
 #: tensors at least this large use the sampled-threshold selection
 SAMPLED_MIN_NUMEL = 1 << 15
+#: ... and in error feedback (``Compressor.accumulate_compress``) the fused pass, from this
+#: size on: with the previous step's thresholds it needs no sample, and it beat the heap
+#: top-k of the small path from 2 048 elements up (SBC, p = 0.01, one core: 29 vs 49 µs at
+#: 4 096, 37 vs 117 µs at 10 240, 61 vs 364 µs at 30 000 elements)
+FUSED_MIN_NUMEL = 1 << 11
 _SAMPLE_SIZE = 1 << 13
 
 
@@ -577,9 +582,14 @@ def _finish(v, k, nh, nl, out_hi, out_lo, cap, use_abs, two_sided, val_hi=None, 
     return top, tv, bottom, bv
 
 
-def _use_sampled(n: int, k: int, method: str) -> bool:
-    big = method == "sampled" or (method == "auto" and n >= SAMPLED_MIN_NUMEL)
+def _use_sampled(n: int, k: int, method: str, min_numel: int = SAMPLED_MIN_NUMEL) -> bool:
+    big = method == "sampled" or (method == "auto" and n >= min_numel)
     return big and 0 < k < n // 8
+
+
+def _use_fused(n: int, k: int, method: str) -> bool:
+    """Whether error feedback runs the fused accumulate + collect pass (``FUSED_MIN_NUMEL``)."""
+    return _use_sampled(n, k, method, FUSED_MIN_NUMEL)
 
 
 def _select(v: np.ndarray, k: int, method: str, seed: int, use_abs: bool, two_sided: bool):
@@ -812,8 +822,9 @@ class Compressor:
     ) -> Message:
         """acc += d, then compress acc, where d = update, or with a momentum buffer u:
         u ← m·u + update, d = u (DGC momentum correction). The caller has checked that
-        ``update`` is finite. For large CPU tensors this is one compiled pass that adds and
-        collects the candidates (thresholds from a sample of the new values). ``consume``:
+        ``update`` is finite. For CPU tensors of at least ``FUSED_MIN_NUMEL`` elements this
+        is one compiled pass that adds and collects the candidates (thresholds from a sample
+        of the new values). ``consume``:
         ``update`` is zeroed on return (in the fused pass, behind the read), so a caller
         that writes the exchanged mean into the same memory needs no zeroing pass.
 
@@ -831,14 +842,14 @@ class Compressor:
         fused = (
             acc.device.type == "cpu" and acc.dtype in (torch.float64, torch.float32)
             and g.dtype == torch.float32 and g.is_contiguous() and self.method != "dense"
-            and _use_sampled(n, k, self.selection)
+            and _use_fused(n, k, self.selection)
             and (not use_mom or (momentum_buffer.dtype == torch.float32
                                  and momentum_buffer.is_contiguous()))
         )
         small = (
             not fused and acc.device.type == "cpu" and acc.dtype in (torch.float64, torch.float32)
             and g.dtype == torch.float32 and g.is_contiguous() and self.method != "dense"
-            and 0 < k < n and not _use_sampled(n, k, self.selection)
+            and 0 < k < n and not _use_fused(n, k, self.selection)
             and (not use_mom or (momentum_buffer.dtype == torch.float32
                                  and momentum_buffer.is_contiguous()))
         )
