@@ -115,8 +115,9 @@ def quantize(w: np.ndarray, sparsity: float, quant: str) -> np.ndarray:
 # ----------------------------------------------------------------------------- measurement
 
 
-def median_time(fn, repeats: int, min_time: float = 2e-3) -> float:
-    """Median seconds of ``repeats`` calls (each timing loops until ``min_time`` elapsed)."""
+def sample_times(fn, repeats: int, min_time: float = 2e-3) -> list[float]:
+    """Seconds per call of ``repeats`` timings (each loops until ``min_time`` elapsed), after
+    two warm-up calls."""
     fn()
     t0 = time.perf_counter()
     fn()
@@ -128,7 +129,28 @@ def median_time(fn, repeats: int, min_time: float = 2e-3) -> float:
         for _ in range(inner):
             fn()
         times.append((time.perf_counter() - t0) / inner)
-    return statistics.median(times)
+    return times
+
+
+def median_time(fn, repeats: int, min_time: float = 2e-3) -> float:
+    """Median seconds of ``repeats`` calls (each timing loops until ``min_time`` elapsed)."""
+    return statistics.median(sample_times(fn, repeats, min_time))
+
+
+def median_times_in_rounds(fns: dict[str, Any], repeats: int, rounds: int = 3
+                           ) -> dict[str, float]:
+    """Median over ≈ ``repeats`` timings per function, taken in ``rounds`` rounds over all
+    of them (a block of ⌈repeats / rounds⌉ per function and round). One function at a time
+    keeps each in its steady state (interleaving call by call measured dense BLAS 1.2–3×
+    slower, its operand evicted between calls); the rounds spread the shared machine's
+    slow minutes over every function instead of charging them to whichever ran then —
+    the formats' ratios, not their absolute times, are what the goals test."""
+    per = -(-repeats // rounds)
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, f in fns.items():
+            times[k] += sample_times(f, per)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def storage_row(w: np.ndarray) -> dict[str, Any]:
@@ -188,9 +210,7 @@ def time_matrix(w: np.ndarray, repeats: int, batches=BATCHES, threads=THREADS) -
                 got = m.dot(xv, threads=th)
                 assert np.allclose(got.reshape(ref.shape), ref, rtol=1e-4, atol=1e-4), k
             with threadpool_limits(limits=th):
-                # one method at a time: interleaving them measured dense BLAS 1.2-3x slower
-                # than in steady state (its 2 MB operand evicted between calls)
-                secs = {k: median_time(f, repeats) for k, f in fns.items()}
+                secs = median_times_in_rounds(fns, repeats)
             rows.append({"batch": b, "threads": th, "seconds": secs})
     torch.set_num_threads(1)
     return rows

@@ -29,7 +29,9 @@ from dnnzip.formats import (
 )
 from dnnzip.formats import _base as base
 from dnnzip.formats import cser as cser_mod
-from dnnzip.formats.cost import TimeModel, mem_energy, op_energy
+from dnnzip.formats._base import Triplets
+from dnnzip.formats.cost import TimeModel, mem_energy, op_energy, stream_bytes
+from dnnzip.nn.convert import choose_format
 
 ALL = (Dense, CSR, CER, CSER, EIE)
 
@@ -458,6 +460,49 @@ def test_threads_is_an_upper_bound_small_products_stay_serial(monkeypatch):
     assert seen == [False, True]
     mat.dot(x, threads=1)
     assert seen == [False, True, False]
+
+
+def test_stream_bytes_are_the_built_formats_bytes():
+    """``stream_bytes`` (what ``choose_format`` feeds the bandwidth floor) counts exactly the
+    arrays CSR and CSER hold, for shapes that need 8-, 16- and 32-bit indices."""
+    rng = np.random.default_rng(3)
+    for shape, levels, density in (((7, 9), 3, 0.5), ((300, 260), 9, 0.1),
+                                   ((40, 70_000), 5, 0.03), ((2, 3), 1, 0.0)):
+        w = rng.integers(-levels, levels + 1, shape).astype(np.float32)
+        w *= rng.random(shape) < density
+        t = Triplets.from_dense(w)
+        k = t.omega.shape[0]
+        groups = int(np.unique(t.rows * k + t.vidx).size)
+        assert stream_bytes("csr", shape, t.nnz) == CSR.from_triplets(t).nbytes
+        assert stream_bytes("cser", shape, t.nnz, groups, k) == CSER.from_triplets(t).nbytes
+        assert stream_bytes("dense", shape, 0) == w.nbytes
+
+
+def test_time_model_bandwidth_floor_counts_only_what_l2_cannot_hold():
+    rates = {"dense": (1e10, 3e10, 6e10), "csr": (4e9, 1e10, 1e10), "cser": (5e9, 1.2e10, 1.3e10)}
+    model = TimeModel(rates, bandwidth=1e9, cache_bytes=1 << 20)
+    work = 1000 / 4e9  # 1000 stored elements at batch 1
+    assert model.predict("csr", (100, 100), 1000, 1) == pytest.approx(work)
+    assert model.predict("csr", (100, 100), 1000, 1, nbytes=1 << 20) == pytest.approx(work)
+    # 3 MB of arrays: 2 MB beyond L2 streamed at 1 GB/s outweighs the work
+    assert model.predict("csr", (100, 100), 1000, 1, nbytes=3 << 20) == pytest.approx(
+        (2 << 20) / 1e9)
+    # without a calibrated bandwidth there is no floor
+    assert TimeModel(rates).predict("csr", (100, 100), 1000, 1, nbytes=3 << 20) == (
+        pytest.approx(work))
+    cal = TimeModel.calibrate(shapes=((32, 48), (96, 96)), repeats=3)
+    assert cal.bandwidth is not None and cal.bandwidth > 1e8 and cal.cache_bytes > 0
+
+
+def test_auto_keeps_csr_off_a_large_matrix_cser_streams_in_fewer_bytes():
+    """Work alone ranks CSR first (its rate is higher); beyond L2 the bytes decide, and
+    CSER's arrays are a fraction of CSR's."""
+    rates = {"dense": (1e10, 3e10, 6e10), "csr": (6e9, 1e10, 1e10), "cser": (5e9, 1.2e10, 1.3e10)}
+    rng = np.random.default_rng(4)
+    w = rng.integers(-7, 8, (4000, 1000)).astype(np.float32) * (rng.random((4000, 1000)) < 0.1)
+    t = Triplets.from_dense(w)
+    assert choose_format(t, 1, TimeModel(rates))[0] == "csr"
+    assert choose_format(t, 1, TimeModel(rates, bandwidth=2e9, cache_bytes=1 << 20))[0] == "cser"
 
 
 def test_time_model_counts_the_fixed_cost_of_a_call():

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..codec import InvalidOption
-from ._base import Costs
+from ._base import Costs, index_dtype
 
 _WIDTHS = (8, 16, 32)
 _SPEC_ADD = (0.2, 0.4, 0.9)
@@ -92,11 +92,21 @@ class TimeModel:
     interpolated (clamped) in log(m·n). "dense" is timed as PyTorch's matmul: what a layer that
     ``convert_model`` keeps runs; "cser" with its batch kernel left on "auto", so the rate is
     that of the kernel the calibration matrix tuned itself to (each matrix tunes its own).
+
+    A matrix whose arrays (``nbytes``, ``stream_bytes``) exceed the per-core L2 cache C
+    streams what L2 cannot hold on every call: t(format, B) ≥ t0 + (nbytes − C) / bandwidth,
+    the rate ``calibrate`` measures for one thread reading beyond its caches (the whole of
+    nbytes would make a 2.4 MB dense layer that mostly stays in a 2 MB L2 four times too
+    slow). The sparse calibration matrices fit in L2, so
+    without this floor the model extrapolated their rates to the 30 522 × 384 embedding,
+    predicted CSR 5% faster than CSER at batch 1 and measured it 16–40% slower: CSER's
+    arrays are a third of CSR's bytes.
     """
 
     def __init__(self, rates: dict[str, tuple[float, ...] | Rates],
                  batches: tuple[int, ...] = TIME_MODEL_BATCHES,
-                 overhead: dict[str, tuple[float, ...]] | None = None):
+                 overhead: dict[str, tuple[float, ...]] | None = None,
+                 bandwidth: float | None = None, cache_bytes: int | None = None):
         # a plain tuple is a rate that does not depend on the matrix size
         self.rates: dict[str, Rates] = {
             k: {int(s): tuple(float(r) for r in t) for s, t in
@@ -104,6 +114,9 @@ class TimeModel:
             for k, v in rates.items()}
         self.batches = tuple(batches)
         self.overhead = {k: tuple(float(t) for t in v) for k, v in (overhead or {}).items()}
+        #: bytes per second streamed from beyond L2 (None: no bandwidth floor)
+        self.bandwidth = None if bandwidth is None else float(bandwidth)
+        self.cache_bytes = l2_cache_bytes() if cache_bytes is None else int(cache_bytes)
 
     def _interp(self, table: tuple[float, ...], batch: int) -> float:
         import numpy as np
@@ -132,11 +145,15 @@ class TimeModel:
         m, n = shape
         return (m * n if fmt == "dense" else nnz) * max(batch, 1)
 
-    def predict(self, fmt: str, shape: tuple[int, int], nnz: int, batch: int = 1) -> float:
-        """Seconds for one product of a ``fmt`` matrix with ``nnz`` stored elements."""
+    def predict(self, fmt: str, shape: tuple[int, int], nnz: int, batch: int = 1,
+                nbytes: int | None = None) -> float:
+        """Seconds for one product of a ``fmt`` matrix with ``nnz`` stored elements (and
+        ``nbytes`` bytes of arrays, for the bandwidth floor; None: no floor)."""
         size = shape[0] * shape[1]
-        return self.fixed(fmt, batch) + self.work(fmt, shape, nnz, batch) / self.rate(
-            fmt, batch, size)
+        t = self.work(fmt, shape, nnz, batch) / self.rate(fmt, batch, size)
+        if nbytes is not None and self.bandwidth and nbytes > self.cache_bytes:
+            t = max(t, (nbytes - self.cache_bytes) / self.bandwidth)
+        return self.fixed(fmt, batch) + t
 
     @classmethod
     def calibrate(cls, threads: int = 1,
@@ -179,11 +196,29 @@ class TimeModel:
                     rates[k][shape[0] * shape[1]] = tuple(
                         cls.work(k, shape, mat.nnz, b) / max(t - t0, 1e-3 * t)
                         for b, t, t0 in zip(TIME_MODEL_BATCHES, total[k], fixed[k], strict=True))
+            bandwidth = cls._stream_rate(repeats)
         finally:
             torch.set_num_threads(torch_threads)
             if limit is not None:
                 limit.restore_original_limits()
-        return cls(rates, overhead=fixed)
+        return cls(rates, overhead=fixed, bandwidth=bandwidth)
+
+    @staticmethod
+    def _stream_rate(repeats: int, nbytes: int = 1 << 26) -> float:
+        """Bytes per second one thread reads from beyond its caches: the fastest of
+        ``repeats`` sums over a 64 MB float32 array (larger than any L2, and than what a
+        sum leaves in a shared L3 between passes on the machines we met)."""
+        import time
+
+        import numpy as np
+
+        a = np.ones(nbytes // 4, np.float32)
+        best = float("inf")
+        for _ in range(max(repeats // 3, 3)):
+            t0 = time.perf_counter()
+            a.sum()
+            best = min(best, time.perf_counter() - t0)
+        return nbytes / best
 
     @staticmethod
     def _measure(mats, rng, threads, repeats) -> dict[str, tuple[float, ...]]:
@@ -221,6 +256,42 @@ class TimeModel:
             for name in mats:
                 out[name].append(best[name])
         return {k: tuple(v) for k, v in out.items()}
+
+
+def l2_cache_bytes(default: int = 1 << 20) -> int:
+    """Per-core L2 size from Linux sysfs (``default`` where it cannot be read)."""
+    import glob
+
+    for path in sorted(glob.glob("/sys/devices/system/cpu/cpu0/cache/index*")):
+        try:
+            with open(f"{path}/level") as f:
+                level = f.read().strip()
+            with open(f"{path}/size") as f:
+                size = f.read().strip()
+        except OSError:
+            continue
+        if level == "2" and size[:-1].isdigit():
+            scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(size[-1].upper(), 0)
+            if scale:
+                return int(size[:-1]) * scale
+    return default
+
+
+def stream_bytes(fmt: str, shape: tuple[int, int], nnz: int, groups: int = 0,
+                 distinct: int = 16) -> int:
+    """Bytes of a format's arrays, computed from its counts without building it (the
+    layouts of ``CSR`` and ``CSER``: float32 values, smallest unsigned index types):
+    dense 4·m·n; CSR nnz·(4 + col) + (m + 1)·ptr; CSER nnz·col + groups·value index +
+    (groups + 1)·ptr + (m + 1)·ptr + 4·distinct (``groups``: (row, value) groups)."""
+    m, n = shape
+    col = index_dtype(max(n - 1, 0)).itemsize
+    if fmt == "dense":
+        return 4 * m * n
+    if fmt == "csr":
+        return nnz * (4 + col) + (m + 1) * index_dtype(nnz).itemsize
+    vi = index_dtype(max(distinct - 1, 0)).itemsize
+    return (nnz * col + groups * vi + (groups + 1) * index_dtype(nnz).itemsize
+            + (m + 1) * index_dtype(groups).itemsize + 4 * distinct)
 
 
 class _TorchDense:
