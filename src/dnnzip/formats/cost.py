@@ -95,12 +95,12 @@ class TimeModel:
 
     A matrix whose arrays (``nbytes``, ``stream_bytes``) exceed the per-core L2 cache C
     streams what L2 cannot hold on every call: t(format, B) ≥ t0 + (nbytes − C) / bandwidth,
-    the rate ``calibrate`` measures for one thread reading beyond its caches (the whole of
-    nbytes would make a 2.4 MB dense layer that mostly stays in a 2 MB L2 four times too
-    slow). The sparse calibration matrices fit in L2, so
-    without this floor the model extrapolated their rates to the 30 522 × 384 embedding,
-    predicted CSR 5% faster than CSER at batch 1 and measured it 16–40% slower: CSER's
-    arrays are a third of CSR's bytes.
+    the rate ``calibrate`` measures for one thread reading beyond its caches (charging the
+    whole of nbytes would make a 2.4 MB dense layer, most of which stays in a 2 MB L2, four
+    times too slow). The sparse calibration matrices fit in L2; without this floor the model
+    carried their rates over to the 30 522 × 384 embedding and predicted CSR 5% faster than
+    CSER at batch 1, where three benchmark runs measured CSR 15–71% slower: CSER's arrays
+    are less than half of CSR's bytes.
     """
 
     def __init__(self, rates: dict[str, tuple[float, ...] | Rates],
@@ -205,9 +205,9 @@ class TimeModel:
 
     @staticmethod
     def _stream_rate(repeats: int, nbytes: int = 1 << 26) -> float:
-        """Bytes per second one thread reads from beyond its caches: the fastest of
-        ``repeats`` sums over a 64 MB float32 array (larger than any L2, and than what a
-        sum leaves in a shared L3 between passes on the machines we met)."""
+        """Bytes per second one thread reads from beyond its L2: the fastest of a few sums
+        over a 64 MB float32 array. Where a large shared L3 holds it, that is L3's rate for
+        one thread — where a layer of a few MB is streamed from too."""
         import time
 
         import numpy as np
