@@ -139,6 +139,16 @@ class Triplets:
         out[self.rows, self.cols] = self.omega[self.vidx]
         return out
 
+    def group_keys(self) -> np.ndarray:
+        """row·K + value index per stored element (K distinct values): equal keys are one
+        CER/CSER group, the elements of a row that share a value."""
+        return self.rows * self.omega.shape[0] + self.vidx
+
+    @property
+    def num_groups(self) -> int:
+        """How many (row, value) groups the stored elements form (CSER's group count)."""
+        return int(np.unique(self.group_keys()).size)
+
     def labels(self) -> np.ndarray:
         """m × n array of value indices (0 = ω0): integers, never floats."""
         lab = np.zeros(self.shape, dtype=index_dtype(max(self.omega.shape[0] - 1, 0)))

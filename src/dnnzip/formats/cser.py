@@ -377,8 +377,7 @@ class _Grouped(MatrixFormat):
 
 def _group_triplets(t: Triplets) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Sort the non-ω0 elements by (row, value, column); return cols, row·K+value keys, order."""
-    k = t.omega.shape[0]
-    key = t.rows * k + t.vidx  # rows are sorted, columns ascending within a row
+    key = t.group_keys()  # rows are sorted, columns ascending within a row
     order = np.argsort(key, kind="stable")
     return t.cols[order], key[order], order
 

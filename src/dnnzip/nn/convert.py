@@ -59,15 +59,13 @@ def choose_format(t: Triplets, batch: int = 1, model: TimeModel | None = None
     model = model or default_time_model()
     m, n = t.shape
     nonzero = t.nnz if t.omega[0] == 0 else int(np.count_nonzero(t.omega[t.labels()]))
-    k = int(t.omega.shape[0])
-    keys = t.rows * k + t.vidx  # (row, value) groups of CSER: rows are already sorted
-    groups = int(np.unique(keys).size) if keys.size else 0
     pred = {
         "dense": model.predict("dense", t.shape, m * n, batch, stream_bytes("dense", t.shape, 0)),
         "csr": model.predict("csr", t.shape, nonzero, batch,
                              stream_bytes("csr", t.shape, nonzero)),
         "cser": model.predict("cser", t.shape, t.nnz, batch,
-                              stream_bytes("cser", t.shape, t.nnz, groups, k)),
+                              stream_bytes("cser", t.shape, t.nnz, t.num_groups,
+                                           t.omega.shape[0])),
     }
     return min(pred, key=pred.get), pred
 
