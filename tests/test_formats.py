@@ -476,6 +476,18 @@ def test_stream_bytes_are_the_built_formats_bytes():
         assert stream_bytes("csr", shape, t.nnz) == CSR.from_triplets(t).nbytes
         assert stream_bytes("cser", shape, t.nnz, t.num_groups, t.omega.shape[0]) == cser.nbytes
         assert stream_bytes("dense", shape, 0) == w.nbytes
+    with pytest.raises(InvalidOption, match="not 'cer'"):
+        stream_bytes("cer", (3, 4), 2, 2, 3)
+
+
+def test_l2_size_falls_back_when_sysfs_has_none(monkeypatch):
+    import glob
+
+    from dnnzip.formats import cost
+
+    assert cost.l2_cache_bytes() > 0
+    monkeypatch.setattr(glob, "glob", lambda pattern: [])
+    assert cost.l2_cache_bytes(default=12345) == 12345
 
 
 def test_time_model_bandwidth_floor_counts_only_what_l2_cannot_hold():

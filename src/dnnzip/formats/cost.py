@@ -289,6 +289,8 @@ def stream_bytes(fmt: str, shape: tuple[int, int], nnz: int, groups: int = 0,
         return 4 * m * n
     if fmt == "csr":
         return nnz * (4 + col) + (m + 1) * index_dtype(nnz).itemsize
+    if fmt != "cser":
+        raise InvalidOption(f"stream_bytes knows dense, csr and cser, not {fmt!r}")
     vi = index_dtype(max(distinct - 1, 0)).itemsize
     return (nnz * col + groups * vi + (groups + 1) * index_dtype(nnz).itemsize
             + (m + 1) * index_dtype(groups).itemsize + 4 * distinct)
