@@ -138,6 +138,16 @@ def test_float64_matrices_stay_exact_and_precise():
     np.testing.assert_allclose(y, w32.astype(np.float64) @ x[:, 0], rtol=1e-12, atol=1e-12)
 
 
+def _check_split(mat: MatrixFormat, w: np.ndarray, x: np.ndarray) -> None:
+    """``dot`` on two threads, and for a batch the parallel kernels themselves (``dot`` may
+    have measured one thread faster and run that)."""
+    _check_product(mat, w, x, threads=2)
+    if x.ndim == 2:
+        y = mat._threaded_product(x, True, 2)
+        assert np.all(np.abs(y - w.astype(np.float64) @ x.astype(np.float64))
+                      <= _tolerance(w, x)), type(mat).__name__
+
+
 @pytest.mark.parametrize("batch", [1, 3, 8, 9, 16, 40, 64, 100])
 def test_parallel_serial_and_both_batch_kernels_agree(monkeypatch, batch):
     monkeypatch.setattr(base, "PARALLEL_MIN_WORK", 1)
@@ -151,12 +161,12 @@ def test_parallel_serial_and_both_batch_kernels_agree(monkeypatch, batch):
             for mode in ("sliced", "rows", "panel", "auto") if cls is not CSR else ("-",):
                 mat.batch_kernel = mode
                 _check_product(mat, w, x, threads=1)
-                _check_product(mat, w, x, threads=2)
+                _check_split(mat, w, x)
             if cls is not CSR:  # the row kernel's other pass width than this CPU's
                 monkeypatch.setattr(cser_mod, "WIDE_PASSES", not cser_mod.WIDE_PASSES)
                 mat.batch_kernel = "rows"
                 _check_product(mat, w, x, threads=1)
-                _check_product(mat, w, x, threads=2)
+                _check_split(mat, w, x)
                 monkeypatch.undo()
                 monkeypatch.setattr(base, "PARALLEL_MIN_WORK", 1)
 
@@ -454,12 +464,23 @@ def test_threads_is_an_upper_bound_small_products_stay_serial(monkeypatch):
     monkeypatch.setattr(mat, "_product", spy)
     x = np.ones((40, 4), np.float32)
     mat.dot(x, threads=2)
-    assert seen == [False]  # 40·4 elements of work: below PARALLEL_MIN_WORK
+    assert seen == [False]  # 40·4 elements of work: below BATCH_SPLIT_MIN_WORK
+    v = np.ones(40, np.float32)
+    mat.dot(v, threads=2)
+    assert seen == [False, False]  # 40: below PARALLEL_MIN_WORK
     monkeypatch.setattr(base, "PARALLEL_MIN_WORK", 1)
+    seen.clear()
+    mat.dot(v, threads=2)
+    assert seen == [True]  # mat-vecs above the floor always split
     mat.dot(x, threads=2)
-    assert seen == [False, True]
+    assert seen == [True, False]  # the batch floor is its own
+    monkeypatch.setattr(base, "BATCH_SPLIT_MIN_WORK", 1)
+    seen.clear()
+    mat.dot(x, threads=2)
+    assert set(seen) == {False, True}  # above it both ways are timed
+    seen.clear()
     mat.dot(x, threads=1)
-    assert seen == [False, True, False]
+    assert seen == [False]
 
 
 def test_stream_bytes_are_the_built_formats_bytes():
@@ -578,6 +599,57 @@ def test_auto_batch_kernel_times_each_kernel_once_per_bucket(monkeypatch):
     mat.batch_kernel = "gather"
     with pytest.raises(InvalidOption, match="unknown batch kernel 'gather'"):
         mat.dot(x, threads=1)
+
+
+@pytest.mark.parametrize("fmt", [CSR, CSER])
+@pytest.mark.parametrize("winner", [False, True])
+def test_batch_split_is_measured_per_matrix(monkeypatch, fmt, winner):
+    # whether a batch product runs on several threads is timed once per (bucket, threads):
+    # under a clock where the `winner` side is 1 s faster, that side is kept
+    rng = np.random.default_rng(3)
+    w = (rng.integers(-7, 8, size=(60, 90)) * (rng.random((60, 90)) < 0.2)).astype(np.float32)
+    mat = fmt.from_dense(w)
+    if fmt is CSER:
+        mat.batch_kernel = "sliced"  # no kernel tuning inside: only the split is timed
+    runs = []
+    real = fmt._product
+
+    def spy(self, x, parallel):
+        runs.append(parallel)
+        return real(self, x, parallel)
+
+    monkeypatch.setattr(fmt, "_product", spy)
+    monkeypatch.setattr(base, "BATCH_SPLIT_MIN_WORK", 1)
+    clock = {"t": 0.0}
+
+    def fake_clock():
+        clock["t"] += 1.0 if runs and runs[-1] == winner else 2.0
+        return clock["t"]
+
+    monkeypatch.setattr(base.time, "perf_counter", fake_clock)
+    x = rng.standard_normal((90, 5)).astype(np.float32)
+    np.testing.assert_allclose(mat.dot(x, threads=2), w @ x, rtol=1e-5, atol=1e-4)
+    # one untimed and SPLIT_TUNE_RUNS timed runs of each side
+    assert runs == [False] * (1 + base.SPLIT_TUNE_RUNS) + [True] * (1 + base.SPLIT_TUNE_RUNS)
+    runs.clear()
+    np.testing.assert_allclose(mat.dot(x[:, :6], threads=2), w @ x[:, :6], rtol=1e-5, atol=1e-4)
+    assert runs == [winner]  # same bucket: decided, not timed again
+    runs.clear()
+    mat.dot(x, threads=1)
+    assert runs == [False]  # one thread asked for: never split, nothing timed
+    runs.clear()
+    mat.dot(rng.standard_normal((90, 9)).astype(np.float32), threads=2)
+    assert len(runs) == 2 * (1 + base.SPLIT_TUNE_RUNS)  # a new bucket is timed again
+    assert "_split" not in mat.__getstate__()
+
+
+def test_dense_batch_is_never_split(monkeypatch):
+    # BLAS threads itself: the dense format has no split to time
+    monkeypatch.setattr(base, "BATCH_SPLIT_MIN_WORK", 1)
+    mat = Dense(np.ones((4, 6), np.float32))
+    np.testing.assert_allclose(mat.dot(np.ones((6, 3), np.float32), threads=2),
+                               np.full((4, 3), 6.0))
+    assert "_split" not in mat.__dict__
 
 
 def test_time_model_rate_follows_matrix_size():

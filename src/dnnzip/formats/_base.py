@@ -9,6 +9,7 @@ quantized tensor (integer indices + codebook) becomes one without ever materiali
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -24,6 +25,16 @@ from . import kernels
 #: ``threads=k`` is an upper bound, not an order (measured: benchmarks/formats.py, where two
 #: threads lost to one below this work on every layer).
 PARALLEL_MIN_WORK = 1 << 20
+#: batch products (x n × B) from this work on may be split over threads; whether a split pays
+#: is then measured per matrix, not predicted from the work (``MatrixFormat._split_product``)
+BATCH_SPLIT_MIN_WORK = 1 << 17
+#: timed runs per side when ``_split_product`` decides (their medians are compared)
+SPLIT_TUNE_RUNS = 7
+
+
+def batch_bucket(batch: int) -> int:
+    """Batch sizes that share one tuned choice: ⌊log2 B⌋ (2–3, 4–7, 8–15, ...)."""
+    return max(int(batch), 1).bit_length() - 1
 
 
 class ShapeMismatch(InvalidOption):
@@ -197,6 +208,9 @@ class MatrixFormat:
     """
 
     format_name: ClassVar[str] = ""
+    #: whether ``_product(x, parallel=True)`` runs a multi-threaded kernel of ours (dense
+    #: products thread inside BLAS, whatever the flag)
+    splits: ClassVar[bool] = True
     #: constructor order of the arrays (``cls(*arrays, shape)``), for ``to_state``/``from_state``
     array_names: ClassVar[tuple[str, ...]] = ()
     shape: tuple[int, int]
@@ -376,7 +390,7 @@ class MatrixFormat:
                 return y
             if (ndim == 2 and out is None and x.shape[0] == lean[1] and x.shape[1] > 0
                     and (threads == 1 or ((threads is None or threads > 1)
-                                          and lean[3] * x.shape[1] < PARALLEL_MIN_WORK))):
+                                          and lean[3] * x.shape[1] < BATCH_SPLIT_MIN_WORK))):
                 return self._product(x, False)  # batch kernels take any layout
         return self._dot_general(x, threads, out)
 
@@ -405,26 +419,62 @@ class MatrixFormat:
             y = np.zeros(shape, dtype)
         else:
             work = self.nnz * (1 if x.ndim == 1 else x.shape[1])
-            if threads == 1 or work < PARALLEL_MIN_WORK:
+            floor = PARALLEL_MIN_WORK if x.ndim == 1 else BATCH_SPLIT_MIN_WORK
+            if threads == 1 or work < floor or not self.splits:
                 y = self._product(x, False)
             elif (nthreads := numba.get_num_threads() if threads is None else threads) == 1:
                 y = self._product(x, False)
+            elif x.ndim == 2:
+                y = self._split_product(x, nthreads)
             else:
-                previous = numba.get_num_threads()
-                numba.set_num_threads(min(nthreads, numba.config.NUMBA_NUM_THREADS))
-                try:
-                    y = self._product(x, True)
-                finally:
-                    numba.set_num_threads(previous)
+                y = self._threaded_product(x, True, nthreads)
         if out is None:
             return y
         out[...] = y
         return out
 
+    def _threaded_product(self, x: np.ndarray, parallel: bool, nthreads: int) -> np.ndarray:
+        if not parallel:
+            return self._product(x, False)
+        previous = numba.get_num_threads()
+        numba.set_num_threads(min(nthreads, numba.config.NUMBA_NUM_THREADS))
+        try:
+            return self._product(x, True)
+        finally:
+            numba.set_num_threads(previous)
+
+    def _split_product(self, x: np.ndarray, nthreads: int) -> np.ndarray:
+        """Y = M·X on ``nthreads`` threads, or on one where that measured faster.
+
+        Work alone does not say when a split pays: on 2 shared vCPUs the parallel batch
+        kernels lost to the serial ones on lenet300.fc1 (300×784, B = 64: 75 vs 49 µs) and
+        won on MiniLM's intermediate.dense (1536×384, more work: 106 vs 157 µs), while torch's
+        CSR gained from a second thread at B = 8 where we never split. So the first product of
+        each (batch bucket, threads, dtype) runs ``SPLIT_TUNE_RUNS`` times each way and keeps
+        the way with the lower median for the matrix. Medians, not minima: a split's time
+        is the slower of its threads', so it is now and then as fast as it could be and
+        often slower, and the fastest run of each side would pick it too often."""
+        key = (batch_bucket(x.shape[1]), nthreads, x.dtype)
+        split = self.__dict__.setdefault("_split", {})
+        if key in split:
+            return self._threaded_product(x, split[key], nthreads)
+        medians, y = {}, None
+        for parallel in (False, True):
+            y = self._threaded_product(x, parallel, nthreads)  # untimed: compile, tune kernels
+            runs = []
+            for _ in range(SPLIT_TUNE_RUNS):
+                t0 = time.perf_counter()
+                y = self._threaded_product(x, parallel, nthreads)
+                runs.append(time.perf_counter() - t0)
+            medians[parallel] = float(np.median(runs))
+        split[key] = medians[True] < medians[False]
+        return y
+
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state.pop("_lean", None)  # compiled entry points do not pickle; rebuilt on first use
         state.pop("_tuned", None)  # kernel timings belong to this machine
+        state.pop("_split", None)
         return state
 
     def _product(self, x: np.ndarray, parallel: bool) -> np.ndarray:

@@ -38,6 +38,7 @@ from ._base import (
     Triplets,
     _check_finite,
     _value_dtype,
+    batch_bucket,
     batch_operands,
     batch_width,
     entry_point,
@@ -57,11 +58,6 @@ TUNE_RUNS = 5
 #: the row-wise batch kernel's 64-column passes (``kernels.grouped_matmat``): where the CPU
 #: numba compiles for has AVX-512's 32 vector registers
 WIDE_PASSES = has_avx512()
-
-
-def batch_bucket(batch: int) -> int:
-    """Batch sizes that share one tuned kernel: ⌊log2 B⌋ (2–3, 4–7, 8–15, ...)."""
-    return max(int(batch), 1).bit_length() - 1
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ class Dense(MatrixFormat):
 
     format_name = "dense"
     array_names = ("values",)
+    splits = False
 
     def __init__(self, a: Any):
         a = np.asarray(a)
