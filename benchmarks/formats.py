@@ -32,6 +32,7 @@ from numba import njit
 from threadpoolctl import threadpool_limits
 
 from dnnzip.formats import CER, CSER, CSR, EIE, Dense, Triplets, kernels
+from dnnzip.formats._base import batch_bucket
 from dnnzip.formats.commands import prune_and_quantize
 from dnnzip.nn.convert import convert_model
 from dnnzip.prune.magnitude import prune, threshold_for_sparsity
@@ -183,6 +184,16 @@ def storage_row(w: np.ndarray) -> dict[str, Any]:
     return row
 
 
+def split_choice(mat: Any, batch: int, threads: int) -> str:
+    """How ``mat.dot`` runs a float32 batch on ``threads`` threads: split or not, as it
+    measured on its first such product, or serial without timing (below the work floor)."""
+    key = (batch_bucket(batch), threads, np.dtype(np.float32))
+    chosen = mat.__dict__.get("_split", {}).get(key)
+    if chosen is None:
+        return "one thread (below the work floor)"
+    return f"{threads} threads" if chosen else "one thread (measured faster)"
+
+
 def time_matrix(w: np.ndarray, repeats: int, batches=BATCHES, threads=THREADS) -> list[dict]:
     rng = np.random.default_rng(0)
     t = Triplets.from_dense(w)
@@ -211,7 +222,10 @@ def time_matrix(w: np.ndarray, repeats: int, batches=BATCHES, threads=THREADS) -
                 assert np.allclose(got.reshape(ref.shape), ref, rtol=1e-4, atol=1e-4), k
             with threadpool_limits(limits=th):
                 secs = median_times_in_rounds(fns, repeats)
-            rows.append({"batch": b, "threads": th, "seconds": secs})
+            row = {"batch": b, "threads": th, "seconds": secs}
+            if th > 1 and b > 1:  # what each of our formats measured and chose (dot's split)
+                row["split"] = {k: split_choice(m, b, th) for k, m in ours.items()}
+            rows.append(row)
     torch.set_num_threads(1)
     return rows
 

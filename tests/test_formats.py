@@ -629,8 +629,10 @@ def test_batch_split_is_measured_per_matrix(monkeypatch, fmt, winner):
     monkeypatch.setattr(base.time, "perf_counter", fake_clock)
     x = rng.standard_normal((90, 5)).astype(np.float32)
     np.testing.assert_allclose(mat.dot(x, threads=2), w @ x, rtol=1e-5, atol=1e-4)
-    # one untimed and SPLIT_TUNE_RUNS timed runs of each side
-    assert runs == [False] * (1 + base.SPLIT_TUNE_RUNS) + [True] * (1 + base.SPLIT_TUNE_RUNS)
+    # one untimed run of each side, then SPLIT_TUNE_RUNS timed ones each, alternating
+    alternating = [side for r in range(base.SPLIT_TUNE_RUNS)
+                   for side in ((False, True) if r % 2 == 0 else (True, False))]
+    assert runs == [False, True] + alternating
     runs.clear()
     np.testing.assert_allclose(mat.dot(x[:, :6], threads=2), w @ x[:, :6], rtol=1e-5, atol=1e-4)
     assert runs == [winner]  # same bucket: decided, not timed again

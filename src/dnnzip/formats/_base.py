@@ -453,21 +453,23 @@ class MatrixFormat:
         each (batch bucket, threads, dtype) runs ``SPLIT_TUNE_RUNS`` times each way and keeps
         the way with the lower median for the matrix. Medians, not minima: a split's time
         is the slower of its threads', so it is now and then as fast as it could be and
-        often slower, and the fastest run of each side would pick it too often."""
+        often slower, and the fastest run of each side would pick it too often. The two
+        ways alternate run by run, so both see the same machine (timed one after the other,
+        the first side met the BLAS threads of the caller's last product still spinning)."""
         key = (batch_bucket(x.shape[1]), nthreads, x.dtype)
         split = self.__dict__.setdefault("_split", {})
         if key in split:
             return self._threaded_product(x, split[key], nthreads)
-        medians, y = {}, None
+        y = None
         for parallel in (False, True):
             y = self._threaded_product(x, parallel, nthreads)  # untimed: compile, tune kernels
-            runs = []
-            for _ in range(SPLIT_TUNE_RUNS):
+        runs: dict[bool, list[float]] = {False: [], True: []}
+        for r in range(SPLIT_TUNE_RUNS):
+            for parallel in ((False, True) if r % 2 == 0 else (True, False)):
                 t0 = time.perf_counter()
                 y = self._threaded_product(x, parallel, nthreads)
-                runs.append(time.perf_counter() - t0)
-            medians[parallel] = float(np.median(runs))
-        split[key] = medians[True] < medians[False]
+                runs[parallel].append(time.perf_counter() - t0)
+        split[key] = float(np.median(runs[True])) < float(np.median(runs[False]))
         return y
 
     def __getstate__(self) -> dict[str, Any]:
