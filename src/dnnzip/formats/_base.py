@@ -454,8 +454,8 @@ class MatrixFormat:
         the way with the lower median for the matrix. Medians, not minima: a split's time
         is the slower of its threads', so it is now and then as fast as it could be and
         often slower, and the fastest run of each side would pick it too often. The two
-        ways alternate run by run, so both see the same machine (timed one after the other,
-        the first side met the BLAS threads of the caller's last product still spinning)."""
+        ways alternate run by run, so a slow spell of the shared machine falls on both
+        instead of on whichever side was being timed then."""
         key = (batch_bucket(x.shape[1]), nthreads, x.dtype)
         split = self.__dict__.setdefault("_split", {})
         if key in split:
