@@ -654,6 +654,41 @@ def test_dense_batch_is_never_split(monkeypatch):
     assert "_split" not in mat.__dict__
 
 
+@pytest.mark.parametrize("gather", ["0", "1"])
+def test_both_slice_forms_of_the_matvec_agree_with_dense(monkeypatch, gather):
+    # the mat-vec runs in the form this CPU measured faster; either form is exact to float
+    # summation, serial and parallel, with ω0 = 0 and ω0 ≠ 0
+    monkeypatch.setenv(cser_mod.SLICE_GATHER_ENV, gather)
+    cser_mod.slice_gathers_win.cache_clear()
+    monkeypatch.setattr(base, "PARALLEL_MIN_WORK", 1)
+    try:
+        assert cser_mod.slice_gathers_win() is (gather == "1")
+        rng = np.random.default_rng(5)
+        idx = rng.integers(-7, 8, size=(203, 517)) * (rng.random((203, 517)) < 0.1)
+        x = rng.standard_normal(517).astype(np.float32)
+        for shift in (0.0, 0.06):
+            w = (idx * 0.03 + shift).astype(np.float32)
+            for cls in (CER, CSER):
+                mat = cls.from_dense(w)
+                _check_product(mat, w, x, threads=1)
+                _check_product(mat, w, x, threads=1)  # the lean path, built by the first
+                _check_product(mat, w, x, threads=2)
+    finally:
+        cser_mod.slice_gathers_win.cache_clear()
+
+
+def test_slice_form_override_is_checked(monkeypatch):
+    monkeypatch.setenv(cser_mod.SLICE_GATHER_ENV, "yes")
+    cser_mod.slice_gathers_win.cache_clear()
+    try:
+        with pytest.raises(InvalidOption, match="DNNZIP_SLICE_GATHER must be 0 or 1"):
+            cser_mod.slice_gathers_win()
+    finally:
+        cser_mod.slice_gathers_win.cache_clear()
+    monkeypatch.delenv(cser_mod.SLICE_GATHER_ENV)
+    assert cser_mod.slice_gathers_win() in (True, False)  # measured on this CPU
+
+
 def test_time_model_rate_follows_matrix_size():
     # dense 4× faster per element on a matrix that fits in cache: log-interpolated between
     # the calibrated sizes, clamped outside them

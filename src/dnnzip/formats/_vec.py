@@ -6,9 +6,11 @@ loops run scalar with one dependent add chain and a mispredicted exit per group.
 intrinsics state the vector shape directly: 16 lanes of indices are loaded in one go
 (8/16/32-bit, zero-extended), ``llvm.masked.gather`` fetches the 16 inputs, and the
 accumulator stays a vector register until the end. On CPUs without gathers LLVM lowers
-them to scalar loads, so the code stays portable. Where a vector gather is slower than the
-scalar loads it stands for (Zen 5: about half their rate), the mat-vec slice keeps 16 scalar
-sums instead (``slice_matvec``; the gather form is ``slice_matvec_gather``).
+them to scalar loads, so the code stays portable. Whether a vector gather beats the scalar
+loads it stands for depends on the CPU (Zen 5: about half their rate; an AVX-512 Xeon: the
+gather form 13–19% faster), so the mat-vec slice comes in both forms — 16 scalar sums
+(``slice_matvec``) and one gather per step (``slice_matvec_gather``) — and
+``cser.slice_gathers_win`` measures which one runs.
 
 Every intrinsic here is inlined into the calling ``@njit`` kernel and optimised with it.
 Arrays must be C-contiguous; callers guarantee bounds (masked lanes never touch memory).

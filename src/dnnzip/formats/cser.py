@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,6 +59,50 @@ TUNE_RUNS = 5
 #: the row-wise batch kernel's 64-column passes (``kernels.grouped_matmat``): where the CPU
 #: numba compiles for has AVX-512's 32 vector registers
 WIDE_PASSES = has_avx512()
+
+
+#: environment override of ``slice_gathers_win``: "1" vector gathers, "0" scalar loads
+SLICE_GATHER_ENV = "DNNZIP_SLICE_GATHER"
+
+
+@functools.cache
+def slice_gathers_win() -> bool:
+    """Whether this CPU runs the sliced mat-vec faster with one 16-lane vector gather per
+    step than with 16 scalar loads — measured once per process, as the machine property it
+    is: on Zen 5 a gather ran at about half the scalar loads' rate, on an AVX-512 Xeon the
+    gather form was 13–19% faster on every benchmark matrix (benchmarks/formats.py,
+    ablation). Timed on a synthetic 1536×384, 90%-pruned, 15-value matrix: 9 alternating
+    runs of each form, medians compared. ``DNNZIP_SLICE_GATHER=1`` / ``=0`` sets it instead
+    (the two forms add in different orders, so fixing it gives run-to-run identical
+    rounding across processes)."""
+    forced = os.environ.get(SLICE_GATHER_ENV)
+    if forced is not None:
+        if forced not in ("0", "1"):
+            raise InvalidOption(f"{SLICE_GATHER_ENV} must be 0 or 1, got {forced!r}")
+        return forced == "1"
+    rng = np.random.default_rng(0)
+    m, n = 1536, 384
+    levels = rng.integers(-7, 8, size=(m, n)) * (rng.random((m, n)) < 0.1)
+    plan = CSER.from_dense(levels.astype(np.float32)).plan
+    col, meta, lane_wz = plan.packed(np.dtype(np.float32))
+    x = rng.standard_normal(n).astype(np.float32)
+    y = np.empty(m, np.float32)
+    forms = (kernels.packed_matvec, kernels.packed_matvec_gather)
+    runs: dict[int, list[float]] = {0: [], 1: []}
+    for r in range(10):
+        for f in (0, 1) if r % 2 == 0 else (1, 0):
+            t0 = time.perf_counter()
+            forms[f](col, meta, lane_wz, x, y)
+            if r:  # the first round loads the compiled code
+                runs[f].append(time.perf_counter() - t0)
+    return float(np.median(runs[1])) < float(np.median(runs[0]))
+
+
+def packed_matvec_kernel(parallel: bool):
+    """The packed mat-vec in the form this CPU runs faster (``slice_gathers_win``)."""
+    if slice_gathers_win():
+        return kernels.packed_matvec_gather_par if parallel else kernels.packed_matvec_gather
+    return kernels.packed_matvec_par if parallel else kernels.packed_matvec
 
 
 @dataclass(frozen=True)
@@ -167,16 +212,16 @@ class SlicedPlan:
         dtype = np.dtype(dtype)
         arrays = self.packed(dtype)
         x, y = np.zeros(self.shape[1], dtype), np.empty(self.shape[0], dtype)
-        kernels.packed_matvec(*arrays, x, y)  # compile (or load from the cache) once
-        return functools.partial(entry_point(kernels.packed_matvec, (*arrays, x, y)), *arrays)
+        kernel = packed_matvec_kernel(False)
+        kernel(*arrays, x, y)  # compile (or load from the cache) once
+        return functools.partial(entry_point(kernel, (*arrays, x, y)), *arrays)
 
     def product(self, x: np.ndarray, parallel: bool) -> np.ndarray:
         """M·x for x (n,) or (n, B), already contiguous in the compute dtype."""
         m = self.shape[0]
         if x.ndim == 1:
             y = np.empty(m, x.dtype)
-            (kernels.packed_matvec_par if parallel else kernels.packed_matvec)(
-                *self.packed(x.dtype), x, y)
+            packed_matvec_kernel(parallel)(*self.packed(x.dtype), x, y)
             return y
         lane_w = self.lane_weights(x.dtype)
         args = (self.col, self.sl_ptr, self.sl_len, lane_w, self.lane_row, self.blk_ptr)

@@ -10,8 +10,10 @@ design step buys (SPEC §3, y = M·x, per row: for each value group s = Σ x[col
    (``_vec.group_sum``): several independent accumulators, index streams read 16 at a time.
 3. ``sliced_matvec`` / ``sliced_matmat`` — the execution layout built by ``SlicedPlan``: the groups
    of a block of rows are sorted by length and interleaved 16 at a time (lane = group), so one
-   step adds one element to 16 groups (16 scalar loads into 16 sums; ``sliced_matvec_gather``
-   does it with one vector gather, slower on Zen 5), loops have no per-group exits, and the
+   step adds one element to 16 groups (16 scalar loads into 16 sums, or one vector gather in
+   ``sliced_matvec_gather``: slower on Zen 5, 13–19% faster on an AVX-512 Xeon, so the
+   packed mat-vec comes in both forms and ``cser`` measures which one this CPU runs faster
+   once per process), loops have no per-group exits, and the
    batch form adds whole contiguous rows of X (n × B, row-major) into 16 vector accumulators.
 
 All kernels take ``wshift = Ω − ω0``: with it the implicit value needs no special case,
@@ -97,6 +99,13 @@ def _sliced_block_vec(b, col, sl_ptr, sl_len, lane_w, lane_row, blk_ptr, xe, y):
                      np.int64(sl * LANES), y)
 
 
+@njit(inline="always", fastmath=True)
+def _sliced_block_vec_gather(b, col, sl_ptr, sl_len, lane_w, lane_row, blk_ptr, xe, y):
+    for sl in range(blk_ptr[b], blk_ptr[b + 1]):
+        slice_matvec_gather(xe, col, np.int64(sl_ptr[sl]), np.int64(sl_len[sl]), lane_w,
+                            lane_row, np.int64(sl * LANES), y)
+
+
 @njit(inline="always")
 def _prepare_vec(x, xe, y, omega0):
     """xe = [x, 0] (padded lanes read the 0); y = ω0·Σx (0 when ω0 = 0)."""
@@ -121,7 +130,8 @@ def sliced_matvec(col, sl_ptr, sl_len, lane_w, lane_row, blk_ptr, x, xe, y, omeg
 @njit(cache=True, fastmath=True)
 def sliced_matvec_gather(col, sl_ptr, sl_len, lane_w, lane_row, blk_ptr, x, xe, y, omega0):
     """``sliced_matvec`` with one 16-lane vector gather per step instead of 16 scalar loads
-    (kept for the benchmark's ablation: the slower of the two on Zen 5)."""
+    (the slower of the two on Zen 5, the faster on an AVX-512 Xeon: the benchmark's
+    ablation shows both)."""
     _prepare_vec(x, xe, y, omega0)
     for b in range(blk_ptr.shape[0] - 1):
         for sl in range(blk_ptr[b], blk_ptr[b + 1]):
@@ -179,6 +189,27 @@ def packed_matvec_par(col, meta, lane_wz, x, y):
     _prepare_vec(x, xe, y, lane_wz[lane_wz.shape[0] - 1])
     for b in prange(blk_ptr.shape[0] - 1):
         _sliced_block_vec(b, col, sl_ptr, sl_len, lane_wz, lane_row, blk_ptr, xe, y)
+
+
+@njit(cache=True, fastmath=True)
+def packed_matvec_gather(col, meta, lane_wz, x, y):
+    """``packed_matvec`` with one 16-lane vector gather per slice step (``slice_matvec_gather``)
+    instead of 16 scalar loads: the faster form on some CPUs (``cser.slice_gathers_win``)."""
+    blk_ptr, sl_ptr, sl_len, lane_row = _unpack(meta)
+    xe = np.empty(x.shape[0] + 1, x.dtype)
+    _prepare_vec(x, xe, y, lane_wz[lane_wz.shape[0] - 1])
+    for b in range(blk_ptr.shape[0] - 1):
+        _sliced_block_vec_gather(b, col, sl_ptr, sl_len, lane_wz, lane_row, blk_ptr, xe, y)
+
+
+@njit(cache=True, fastmath=True, parallel=True)
+def packed_matvec_gather_par(col, meta, lane_wz, x, y):
+    """Parallel ``packed_matvec_gather``: one row block per task."""
+    blk_ptr, sl_ptr, sl_len, lane_row = _unpack(meta)
+    xe = np.empty(x.shape[0] + 1, x.dtype)
+    _prepare_vec(x, xe, y, lane_wz[lane_wz.shape[0] - 1])
+    for b in prange(blk_ptr.shape[0] - 1):
+        _sliced_block_vec_gather(b, col, sl_ptr, sl_len, lane_wz, lane_row, blk_ptr, xe, y)
 
 
 @njit(inline="always")
