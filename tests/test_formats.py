@@ -629,10 +629,10 @@ def test_batch_split_is_measured_per_matrix(monkeypatch, fmt, winner):
     monkeypatch.setattr(base.time, "perf_counter", fake_clock)
     x = rng.standard_normal((90, 5)).astype(np.float32)
     np.testing.assert_allclose(mat.dot(x, threads=2), w @ x, rtol=1e-5, atol=1e-4)
-    # one untimed run of each side, then SPLIT_TUNE_RUNS timed ones each, alternating
-    alternating = [side for r in range(base.SPLIT_TUNE_RUNS)
-                   for side in ((False, True) if r % 2 == 0 else (True, False))]
-    assert runs == [False, True] + alternating
+    # blocks of SPLIT_TUNE_BLOCK runs (the first untimed), sides alternating block by block
+    blocks = [side for r in range(base.SPLIT_TUNE_ROUNDS)
+              for side in ((False, True) if r % 2 == 0 else (True, False))]
+    assert runs == [side for side in blocks for _ in range(base.SPLIT_TUNE_BLOCK)]
     runs.clear()
     np.testing.assert_allclose(mat.dot(x[:, :6], threads=2), w @ x[:, :6], rtol=1e-5, atol=1e-4)
     assert runs == [winner]  # same bucket: decided, not timed again
@@ -641,7 +641,8 @@ def test_batch_split_is_measured_per_matrix(monkeypatch, fmt, winner):
     assert runs == [False]  # one thread asked for: never split, nothing timed
     runs.clear()
     mat.dot(rng.standard_normal((90, 9)).astype(np.float32), threads=2)
-    assert len(runs) == 2 * (1 + base.SPLIT_TUNE_RUNS)  # a new bucket is timed again
+    # a new bucket is timed again
+    assert len(runs) == 2 * base.SPLIT_TUNE_ROUNDS * base.SPLIT_TUNE_BLOCK
     assert "_split" not in mat.__getstate__()
 
 

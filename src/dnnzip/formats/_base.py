@@ -28,8 +28,10 @@ PARALLEL_MIN_WORK = 1 << 20
 #: batch products (x n × B) from this work on may be split over threads; whether a split pays
 #: is then measured per matrix, not predicted from the work (``MatrixFormat._split_product``)
 BATCH_SPLIT_MIN_WORK = 1 << 17
-#: timed runs per side when ``_split_product`` decides (their medians are compared)
-SPLIT_TUNE_RUNS = 7
+#: ``_split_product`` times each side in this many blocks (alternating sides) of
+#: ``SPLIT_TUNE_BLOCK`` runs, the first of each block untimed; the medians are compared
+SPLIT_TUNE_ROUNDS = 3
+SPLIT_TUNE_BLOCK = 4
 
 
 def batch_bucket(batch: int) -> int:
@@ -450,25 +452,27 @@ class MatrixFormat:
         kernels lost to the serial ones on lenet300.fc1 (300×784, B = 64: 75 vs 49 µs) and
         won on MiniLM's intermediate.dense (1536×384, more work: 106 vs 157 µs), while torch's
         CSR gained from a second thread at B = 8 where we never split. So the first product of
-        each (batch bucket, threads, dtype) runs ``SPLIT_TUNE_RUNS`` times each way and keeps
-        the way with the lower median for the matrix. Medians, not minima: a split's time
-        is the slower of its threads', so it is now and then as fast as it could be and
-        often slower, and the fastest run of each side would pick it too often. The two
-        ways alternate run by run, so a slow spell of the shared machine falls on both
-        instead of on whichever side was being timed then."""
+        each (batch bucket, threads, dtype) is timed both ways and the way with the lower
+        median is kept for the matrix. Medians, not minima: a split's time is the slower of
+        its threads', so it is now and then as fast as it could be and often slower, and
+        the fastest run of each side would pick it too often. Blocks of runs, alternating
+        sides (``SPLIT_TUNE_ROUNDS`` × ``SPLIT_TUNE_BLOCK``), first run of a block untimed:
+        alternating run by run measured the serial kernel 2× slower right after a parallel
+        one (12 → 24 µs on LeNet-5's conv2 at B = 64) and so picked the split where it lost
+        in steady state (lenet300.fc1, B = 64: 79 vs 52 µs)."""
         key = (batch_bucket(x.shape[1]), nthreads, x.dtype)
         split = self.__dict__.setdefault("_split", {})
         if key in split:
             return self._threaded_product(x, split[key], nthreads)
         y = None
-        for parallel in (False, True):
-            y = self._threaded_product(x, parallel, nthreads)  # untimed: compile, tune kernels
         runs: dict[bool, list[float]] = {False: [], True: []}
-        for r in range(SPLIT_TUNE_RUNS):
+        for r in range(SPLIT_TUNE_ROUNDS):
             for parallel in ((False, True) if r % 2 == 0 else (True, False)):
-                t0 = time.perf_counter()
-                y = self._threaded_product(x, parallel, nthreads)
-                runs[parallel].append(time.perf_counter() - t0)
+                y = self._threaded_product(x, parallel, nthreads)  # untimed: the switch
+                for _ in range(SPLIT_TUNE_BLOCK - 1):
+                    t0 = time.perf_counter()
+                    y = self._threaded_product(x, parallel, nthreads)
+                    runs[parallel].append(time.perf_counter() - t0)
         split[key] = float(np.median(runs[True])) < float(np.median(runs[False]))
         return y
 
