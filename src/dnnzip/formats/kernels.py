@@ -134,9 +134,7 @@ def sliced_matvec_gather(col, sl_ptr, sl_len, lane_w, lane_row, blk_ptr, x, xe, 
     ablation shows both)."""
     _prepare_vec(x, xe, y, omega0)
     for b in range(blk_ptr.shape[0] - 1):
-        for sl in range(blk_ptr[b], blk_ptr[b + 1]):
-            slice_matvec_gather(xe, col, np.int64(sl_ptr[sl]), np.int64(sl_len[sl]), lane_w,
-                                lane_row, np.int64(sl * LANES), y)
+        _sliced_block_vec_gather(b, col, sl_ptr, sl_len, lane_w, lane_row, blk_ptr, xe, y)
 
 
 @njit(cache=True, fastmath=True, parallel=True)
@@ -171,12 +169,19 @@ def _unpack(meta):
     return blk_ptr, sl_ptr, sl_len, lane_row
 
 
-@njit(cache=True, fastmath=True)
-def packed_matvec(col, meta, lane_wz, x, y):
-    """``sliced_matvec`` on a packed plan: y = Σ_groups (ω − ω0)·Σ x[cols] + ω0·Σx."""
+@njit(inline="always")
+def _packed_start(meta, lane_wz, x, y):
+    """The plan's arrays from ``meta``, and xe = [x, 0] with y = ω0·Σx (``_prepare_vec``)."""
     blk_ptr, sl_ptr, sl_len, lane_row = _unpack(meta)
     xe = np.empty(x.shape[0] + 1, x.dtype)
     _prepare_vec(x, xe, y, lane_wz[lane_wz.shape[0] - 1])
+    return blk_ptr, sl_ptr, sl_len, lane_row, xe
+
+
+@njit(cache=True, fastmath=True)
+def packed_matvec(col, meta, lane_wz, x, y):
+    """``sliced_matvec`` on a packed plan: y = Σ_groups (ω − ω0)·Σ x[cols] + ω0·Σx."""
+    blk_ptr, sl_ptr, sl_len, lane_row, xe = _packed_start(meta, lane_wz, x, y)
     for b in range(blk_ptr.shape[0] - 1):
         _sliced_block_vec(b, col, sl_ptr, sl_len, lane_wz, lane_row, blk_ptr, xe, y)
 
@@ -184,9 +189,7 @@ def packed_matvec(col, meta, lane_wz, x, y):
 @njit(cache=True, fastmath=True, parallel=True)
 def packed_matvec_par(col, meta, lane_wz, x, y):
     """Parallel ``packed_matvec``: one row block per task."""
-    blk_ptr, sl_ptr, sl_len, lane_row = _unpack(meta)
-    xe = np.empty(x.shape[0] + 1, x.dtype)
-    _prepare_vec(x, xe, y, lane_wz[lane_wz.shape[0] - 1])
+    blk_ptr, sl_ptr, sl_len, lane_row, xe = _packed_start(meta, lane_wz, x, y)
     for b in prange(blk_ptr.shape[0] - 1):
         _sliced_block_vec(b, col, sl_ptr, sl_len, lane_wz, lane_row, blk_ptr, xe, y)
 
@@ -195,9 +198,7 @@ def packed_matvec_par(col, meta, lane_wz, x, y):
 def packed_matvec_gather(col, meta, lane_wz, x, y):
     """``packed_matvec`` with one 16-lane vector gather per slice step (``slice_matvec_gather``)
     instead of 16 scalar loads: the faster form on some CPUs (``cser.slice_gathers_win``)."""
-    blk_ptr, sl_ptr, sl_len, lane_row = _unpack(meta)
-    xe = np.empty(x.shape[0] + 1, x.dtype)
-    _prepare_vec(x, xe, y, lane_wz[lane_wz.shape[0] - 1])
+    blk_ptr, sl_ptr, sl_len, lane_row, xe = _packed_start(meta, lane_wz, x, y)
     for b in range(blk_ptr.shape[0] - 1):
         _sliced_block_vec_gather(b, col, sl_ptr, sl_len, lane_wz, lane_row, blk_ptr, xe, y)
 
@@ -205,9 +206,7 @@ def packed_matvec_gather(col, meta, lane_wz, x, y):
 @njit(cache=True, fastmath=True, parallel=True)
 def packed_matvec_gather_par(col, meta, lane_wz, x, y):
     """Parallel ``packed_matvec_gather``: one row block per task."""
-    blk_ptr, sl_ptr, sl_len, lane_row = _unpack(meta)
-    xe = np.empty(x.shape[0] + 1, x.dtype)
-    _prepare_vec(x, xe, y, lane_wz[lane_wz.shape[0] - 1])
+    blk_ptr, sl_ptr, sl_len, lane_row, xe = _packed_start(meta, lane_wz, x, y)
     for b in prange(blk_ptr.shape[0] - 1):
         _sliced_block_vec_gather(b, col, sl_ptr, sl_len, lane_wz, lane_row, blk_ptr, xe, y)
 
