@@ -646,6 +646,23 @@ def test_batch_split_is_measured_per_matrix(monkeypatch, fmt, winner):
     assert "_split" not in mat.__getstate__()
 
 
+@pytest.mark.parametrize("winner", [0, 1])
+def test_faster_way_compares_medians_of_alternating_blocks(monkeypatch, winner):
+    calls = []
+    clock = {"t": 0.0}
+
+    def fake_clock():
+        clock["t"] += 1.0 if calls and calls[-1] == winner else 3.0
+        return clock["t"]
+
+    monkeypatch.setattr(base.time, "perf_counter", fake_clock)
+    ways = (lambda: calls.append(0) or "a", lambda: calls.append(1) or "b")
+    best, last = base.faster_way(ways, rounds=3, block=2)
+    assert best == winner
+    assert calls == [0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1]  # order alternates by round
+    assert last == "b"  # the result of the last call
+
+
 def test_dense_batch_is_never_split(monkeypatch):
     # BLAS threads itself: the dense format has no split to time
     monkeypatch.setattr(base, "BATCH_SPLIT_MIN_WORK", 1)

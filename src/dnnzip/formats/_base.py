@@ -10,6 +10,7 @@ quantized tensor (integer indices + codebook) becomes one without ever materiali
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -32,6 +33,24 @@ BATCH_SPLIT_MIN_WORK = 1 << 17
 #: ``SPLIT_TUNE_BLOCK`` runs, the first of each block untimed; the medians are compared
 SPLIT_TUNE_ROUNDS = 3
 SPLIT_TUNE_BLOCK = 4
+
+
+def faster_way(ways: tuple[Callable[[], Any], Callable[[], Any]], rounds: int, block: int
+               ) -> tuple[int, Any]:
+    """(index of the way with the lower median time, the last result): ``rounds`` rounds,
+    each running both ways in blocks of ``block`` calls, the order alternating by round and
+    the first call of every block untimed (it pays for the switch; timed right after the
+    other way, a serial kernel ran 2× slower behind a parallel one)."""
+    runs: list[list[float]] = [[], []]
+    y = None
+    for r in range(rounds):
+        for i in (0, 1) if r % 2 == 0 else (1, 0):
+            y = ways[i]()
+            for _ in range(block - 1):
+                t0 = time.perf_counter()
+                y = ways[i]()
+                runs[i].append(time.perf_counter() - t0)
+    return int(float(np.median(runs[1])) < float(np.median(runs[0]))), y
 
 
 def batch_bucket(batch: int) -> int:
@@ -464,16 +483,10 @@ class MatrixFormat:
         split = self.__dict__.setdefault("_split", {})
         if key in split:
             return self._threaded_product(x, split[key], nthreads)
-        y = None
-        runs: dict[bool, list[float]] = {False: [], True: []}
-        for r in range(SPLIT_TUNE_ROUNDS):
-            for parallel in ((False, True) if r % 2 == 0 else (True, False)):
-                y = self._threaded_product(x, parallel, nthreads)  # untimed: the switch
-                for _ in range(SPLIT_TUNE_BLOCK - 1):
-                    t0 = time.perf_counter()
-                    y = self._threaded_product(x, parallel, nthreads)
-                    runs[parallel].append(time.perf_counter() - t0)
-        split[key] = float(np.median(runs[True])) < float(np.median(runs[False]))
+        best, y = faster_way((lambda: self._threaded_product(x, False, nthreads),
+                              lambda: self._threaded_product(x, True, nthreads)),
+                             SPLIT_TUNE_ROUNDS, SPLIT_TUNE_BLOCK)
+        split[key] = bool(best)
         return y
 
     def __getstate__(self) -> dict[str, Any]:

@@ -43,6 +43,7 @@ from ._base import (
     batch_operands,
     batch_width,
     entry_point,
+    faster_way,
     has_avx512,
     index_dtype,
 )
@@ -71,8 +72,9 @@ def slice_gathers_win() -> bool:
     step than with 16 scalar loads — measured once per process, as the machine property it
     is: on Zen 5 a gather ran at about half the scalar loads' rate, on an AVX-512 Xeon the
     gather form was 13–19% faster on every benchmark matrix (benchmarks/formats.py,
-    ablation). Timed on a synthetic 1536×384, 90%-pruned, 15-value matrix: 9 alternating
-    runs of each form, medians compared. ``DNNZIP_SLICE_GATHER=1`` / ``=0`` sets it instead
+    ablation). Timed on a synthetic 1536×384, 90%-pruned, 15-value matrix by ``faster_way``:
+    9 alternating rounds of each form (an untimed call, then a timed one), medians compared.
+    ``DNNZIP_SLICE_GATHER=1`` / ``=0`` sets it instead
     (the two forms add in different orders, so fixing it gives run-to-run identical
     rounding across processes)."""
     forced = os.environ.get(SLICE_GATHER_ENV)
@@ -87,15 +89,10 @@ def slice_gathers_win() -> bool:
     col, meta, lane_wz = plan.packed(np.dtype(np.float32))
     x = rng.standard_normal(n).astype(np.float32)
     y = np.empty(m, np.float32)
-    forms = (kernels.packed_matvec, kernels.packed_matvec_gather)
-    runs: dict[int, list[float]] = {0: [], 1: []}
-    for r in range(10):
-        for f in (0, 1) if r % 2 == 0 else (1, 0):
-            t0 = time.perf_counter()
-            forms[f](col, meta, lane_wz, x, y)
-            if r:  # the first round loads the compiled code
-                runs[f].append(time.perf_counter() - t0)
-    return float(np.median(runs[1])) < float(np.median(runs[0]))
+    best, _ = faster_way((lambda: kernels.packed_matvec(col, meta, lane_wz, x, y),
+                          lambda: kernels.packed_matvec_gather(col, meta, lane_wz, x, y)),
+                         rounds=9, block=2)
+    return best == 1
 
 
 def packed_matvec_kernel(parallel: bool):
