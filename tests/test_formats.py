@@ -457,9 +457,9 @@ def test_threads_is_an_upper_bound_small_products_stay_serial(monkeypatch):
     seen = []
     real = mat._product
 
-    def spy(x, parallel):
-        seen.append(parallel)
-        return real(x, parallel)
+    def spy(x, threads):
+        seen.append(threads > 1)
+        return real(x, threads)
 
     monkeypatch.setattr(mat, "_product", spy)
     x = np.ones((40, 4), np.float32)
@@ -568,9 +568,9 @@ def test_auto_batch_kernel_times_each_kernel_once_per_bucket(monkeypatch):
     runs = []
     real = cser_mod._Grouped._batch_product
 
-    def spy(self, mode, x, parallel):
+    def spy(self, mode, x, threads):
         runs.append(mode)
-        return real(self, mode, x, parallel)
+        return real(self, mode, x, threads)
 
     monkeypatch.setattr(cser_mod._Grouped, "_batch_product", spy)
     # a clock under which "rows" is the fastest: every timed call of it takes 1 s less
@@ -614,9 +614,9 @@ def test_batch_split_is_measured_per_matrix(monkeypatch, fmt, winner):
     runs = []
     real = fmt._product
 
-    def spy(self, x, parallel):
-        runs.append(parallel)
-        return real(self, x, parallel)
+    def spy(self, x, threads):
+        runs.append(threads > 1)
+        return real(self, x, threads)
 
     monkeypatch.setattr(fmt, "_product", spy)
     monkeypatch.setattr(base, "BATCH_SPLIT_MIN_WORK", 1)
@@ -717,3 +717,29 @@ def test_time_model_rate_follows_matrix_size():
     assert model.rate("dense", 8, 10**7) == pytest.approx(2e10)
     assert model.rate("csr", 1, 10**7) == model.rate("csr", 1, 10) == pytest.approx(4e9)
     assert model.predict("dense", (10, 100), 0, 1) == pytest.approx(1000 / 4e10)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_parallel_batch_kernels_split_any_rows_and_copy_sizes(threads):
+    # each task takes a run of rows (by nnz, or by row blocks) and its own copy of X, or one
+    # shared copy above PRIVATE_COPY_BYTES: fewer rows than tasks, all work in one row, empty
+    # rows, a Fortran-order X and an X too large to copy per task all give the dense product
+    rng = np.random.default_rng(21)
+    skewed = np.zeros((7, 50), np.float32)
+    skewed[5] = rng.integers(1, 4, size=50)
+    big_n = kernels.PRIVATE_COPY_BYTES // (4 * 16) + 10  # Xe of 16 columns over the cap
+    cases = [(np.float32([[2.0, 0, -1]]), 5), (skewed, 9), (np.zeros((4, 6), np.float32), 3),
+             ((rng.integers(-3, 4, (40, big_n)) * (rng.random((40, big_n)) < 0.05))
+              .astype(np.float32), 16)]
+    for w, b in cases:
+        x = rng.standard_normal((w.shape[1], b)).astype(np.float32)
+        ref = w.astype(np.float64) @ x.astype(np.float64)
+        for xin in (x, np.asfortranarray(x)):
+            csr = CSR.from_dense(w)
+            got = {"csr": csr._product(xin, threads)}
+            cser = CSER.from_dense(w)
+            for mode in ("sliced", "rows"):
+                got[mode] = cser._batch_product(mode, xin, threads)
+            for name, y in got.items():
+                assert y.shape == ref.shape, name
+                np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-4, err_msg=name)

@@ -229,8 +229,8 @@ class MatrixFormat:
     """
 
     format_name: ClassVar[str] = ""
-    #: whether ``_product(x, parallel=True)`` runs a multi-threaded kernel of ours (dense
-    #: products thread inside BLAS, whatever the flag)
+    #: whether ``_product(x, threads > 1)`` runs a multi-threaded kernel of ours (dense
+    #: products thread inside BLAS, whatever the count)
     splits: ClassVar[bool] = True
     #: constructor order of the arrays (``cls(*arrays, shape)``), for ``to_state``/``from_state``
     array_names: ClassVar[tuple[str, ...]] = ()
@@ -412,7 +412,7 @@ class MatrixFormat:
             if (ndim == 2 and out is None and x.shape[0] == lean[1] and x.shape[1] > 0
                     and (threads == 1 or ((threads is None or threads > 1)
                                           and lean[3] * x.shape[1] < BATCH_SPLIT_MIN_WORK))):
-                return self._product(x, False)  # batch kernels take any layout
+                return self._product(x, 1)  # batch kernels take any layout
         return self._dot_general(x, threads, out)
 
     def _dot_general(self, x: Any, threads: int | None, out: np.ndarray | None) -> np.ndarray:
@@ -442,9 +442,9 @@ class MatrixFormat:
             work = self.nnz * (1 if x.ndim == 1 else x.shape[1])
             floor = PARALLEL_MIN_WORK if x.ndim == 1 else BATCH_SPLIT_MIN_WORK
             if threads == 1 or work < floor or not self.splits:
-                y = self._product(x, False)
+                y = self._product(x, 1)
             elif (nthreads := numba.get_num_threads() if threads is None else threads) == 1:
-                y = self._product(x, False)
+                y = self._product(x, 1)
             elif x.ndim == 2:
                 y = self._split_product(x, nthreads)
             else:
@@ -455,12 +455,19 @@ class MatrixFormat:
         return out
 
     def _threaded_product(self, x: np.ndarray, parallel: bool, nthreads: int) -> np.ndarray:
+        """The product on one thread, or on up to ``nthreads`` numba threads. The count is
+        handed down to the kernels: numba's get_num_threads costs ~0.7 µs and set_num_threads
+        ~1 µs (two locks each), skipped when already right; a B = 8 product on MiniLM's
+        output.dense takes 20-25 µs."""
         if not parallel:
-            return self._product(x, False)
+            return self._product(x, 1)
         previous = numba.get_num_threads()
-        numba.set_num_threads(min(nthreads, numba.config.NUMBA_NUM_THREADS))
+        wanted = min(nthreads, numba.config.NUMBA_NUM_THREADS)
+        if wanted == previous:
+            return self._product(x, wanted)
+        numba.set_num_threads(wanted)
         try:
-            return self._product(x, True)
+            return self._product(x, wanted)
         finally:
             numba.set_num_threads(previous)
 
@@ -496,7 +503,10 @@ class MatrixFormat:
         state.pop("_split", None)
         return state
 
-    def _product(self, x: np.ndarray, parallel: bool) -> np.ndarray:
+    def _product(self, x: np.ndarray, threads: int) -> np.ndarray:
+        """M·x for x (n,) or (n, B) in the compute dtype: by the serial kernels when
+        ``threads`` is 1, else by the parallel ones on ``threads`` numba threads (the count
+        numba is set to)."""
         raise NotImplementedError
 
 
@@ -530,8 +540,12 @@ def batch_operands(x: np.ndarray, width: int, m: int, zero_out: bool
     The zero row is where padded CER/CSER lanes point; the padded columns keep every vector
     load of a kernel full width.
     """
-    bp = -(-x.shape[1] // width) * width
-    return kernels.batch_operands(x, bp, m, zero_out)
+    return kernels.batch_operands(x, padded_width(x.shape[1], width), m, zero_out)
+
+
+def padded_width(batch: int, width: int) -> int:
+    """B', the multiple of the kernel's vector ``width`` at or above the batch B."""
+    return -(-batch // width) * width
 
 
 def has_avx512() -> bool:

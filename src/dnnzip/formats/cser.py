@@ -46,13 +46,12 @@ from ._base import (
     faster_way,
     has_avx512,
     index_dtype,
+    padded_width,
 )
 from ._vec import LANES
 
 #: a CER with more groups than this many times (nnz + rows) is refused: most would be empty
 CER_MAX_GROUP_FACTOR = 64
-#: rows per parallel task of the row-wise batch kernel
-ROW_BLOCK = 16
 #: batch kernels "auto" chooses among (see ``_Grouped.batch_kernel``), and the timed runs of
 #: each it compares (the fastest counts: on a shared machine others only ever add time)
 BATCH_KERNELS = ("sliced", "rows", "panel")
@@ -137,8 +136,6 @@ class SlicedPlan:
               blocks: int | None = None) -> SlicedPlan:
         m, n = shape
         if blocks is None:  # two tasks per thread; larger blocks sort better (less padding)
-            import numba
-
             blocks = 2 * max(1, numba.config.NUMBA_NUM_THREADS)
         keep = g_len > 0
         g_row, g_val = g_row[keep].astype(np.int64), g_val[keep].astype(np.int64)
@@ -213,20 +210,24 @@ class SlicedPlan:
         kernel(*arrays, x, y)  # compile (or load from the cache) once
         return functools.partial(entry_point(kernel, (*arrays, x, y)), *arrays)
 
-    def product(self, x: np.ndarray, parallel: bool) -> np.ndarray:
-        """M·x for x (n,) or (n, B), already contiguous in the compute dtype."""
+    def product(self, x: np.ndarray, threads: int) -> np.ndarray:
+        """M·x for x (n,) or (n, B), already contiguous in the compute dtype, on ``threads``
+        numba threads (1: the serial kernels)."""
         m = self.shape[0]
         if x.ndim == 1:
             y = np.empty(m, x.dtype)
-            packed_matvec_kernel(parallel)(*self.packed(x.dtype), x, y)
+            packed_matvec_kernel(threads > 1)(*self.packed(x.dtype), x, y)
             return y
         lane_w = self.lane_weights(x.dtype)
         args = (self.col, self.sl_ptr, self.sl_len, lane_w, self.lane_row, self.blk_ptr)
         b = x.shape[1]
         width = batch_width(x.dtype, b)
-        xe, y = batch_operands(x, width, m, True)
-        (kernels.sliced_matmat_par if parallel else kernels.sliced_matmat)(*args, xe, y, width)
-        if b != xe.shape[1]:
+        if threads > 1:
+            y = kernels.sliced_matmat_par(*args, x, padded_width(b, width), m, width, threads)
+        else:
+            xe, y = batch_operands(x, width, m, True)
+            kernels.sliced_matmat(*args, xe, y, width)
+        if b != y.shape[1]:
             y = np.ascontiguousarray(y[:, :b])
         if self.omega0 != 0:
             y += x.dtype.type(self.omega0) * x.sum(axis=0)
@@ -314,59 +315,60 @@ class _Grouped(MatrixFormat):
             gw = cache[dtype] = shift[self._group_values()].astype(dtype)
         return gw
 
-    def _product(self, x: np.ndarray, parallel: bool) -> np.ndarray:
+    def _product(self, x: np.ndarray, threads: int) -> np.ndarray:
         mode = self.batch_kernel
         if x.ndim == 1:
-            y = self.plan.product(x, parallel)
+            y = self.plan.product(x, threads)
             if self._lean is None and x.dtype == self.dtype:
                 self._lean = (np.dtype(self.dtype.name), self.shape[1], self.shape[0], self.nnz,
                               self.plan.matvec_call(self.dtype))
             return y
         if mode != "auto":
-            return self._batch_product(mode, x, parallel)
-        key = (batch_bucket(x.shape[1]), numba.get_num_threads() if parallel else 1, x.dtype)
+            return self._batch_product(mode, x, threads)
+        key = (batch_bucket(x.shape[1]), threads, x.dtype)
         tuned = self._tuned
         if tuned is None:
             tuned = self._tuned = {}
         if key in tuned:
-            return self._batch_product(tuned[key], x, parallel)
+            return self._batch_product(tuned[key], x, threads)
         best, y = None, None
         for kernel in BATCH_KERNELS:
-            y = self._batch_product(kernel, x, parallel)  # untimed: compiled code and plans
+            y = self._batch_product(kernel, x, threads)  # untimed: compiled code and plans
             for _ in range(TUNE_RUNS):
                 t0 = time.perf_counter()
-                y = self._batch_product(kernel, x, parallel)
+                y = self._batch_product(kernel, x, threads)
                 t = time.perf_counter() - t0
                 if best is None or t < best[0]:
                     best = (t, kernel)
         tuned[key] = best[1]
         return y
 
-    def _batch_product(self, mode: str, x: np.ndarray, parallel: bool) -> np.ndarray:
+    def _batch_product(self, mode: str, x: np.ndarray, threads: int) -> np.ndarray:
         """Y = M·X (X n × B, B ≥ 1 columns) by the named batch kernel."""
         if mode == "panel":
             y = np.empty((self.shape[0], x.shape[1]), x.dtype)
             if x.shape[1] <= 8:
-                kern = kernels.panel_matmat8_par if parallel else kernels.panel_matmat8
+                kern = kernels.panel_matmat8_par if threads > 1 else kernels.panel_matmat8
             else:
-                kern = kernels.panel_matmat16_par if parallel else kernels.panel_matmat16
+                kern = kernels.panel_matmat16_par if threads > 1 else kernels.panel_matmat16
             kern(*self.plan.packed(x.dtype), x, y)
             return y
         if mode == "sliced":
-            return self.plan.product(x, parallel)
+            return self.plan.product(x, threads)
         if mode != "rows":
             raise InvalidOption(f"unknown batch kernel {mode!r} (choose from auto, "
                                 f"{', '.join(BATCH_KERNELS)})")
         # batch: row by row on the storage arrays, up to 64 output columns in registers
         m = self.shape[0]
         b = x.shape[1]
-        xe, y = batch_operands(x, 8 if b <= 8 else 16, m, True)
-        args = (xe, self.colI, self.OmegaPtr, self.group_weights(x.dtype), self.rowPtr, y)
-        if parallel:
-            kernels.grouped_matmat_par(*args, ROW_BLOCK, WIDE_PASSES)
+        width = 8 if b <= 8 else 16
+        args = (self.colI, self.OmegaPtr, self.group_weights(x.dtype), self.rowPtr)
+        if threads > 1:
+            y = kernels.grouped_matmat_par(x, padded_width(b, width), *args, WIDE_PASSES, threads)
         else:
-            kernels.grouped_matmat(*args, WIDE_PASSES)
-        if b != xe.shape[1]:
+            xe, y = batch_operands(x, width, m, True)
+            kernels.grouped_matmat(xe, *args, y, WIDE_PASSES)
+        if b != y.shape[1]:
             y = np.ascontiguousarray(y[:, :b])
         if self.omega[0] != 0:
             y += x.dtype.type(self.omega[0]) * x.sum(axis=0)

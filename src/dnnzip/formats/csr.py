@@ -25,6 +25,7 @@ from ._base import (
     batch_width,
     entry_point,
     index_dtype,
+    padded_width,
 )
 
 ROW_BLOCK = 32
@@ -148,12 +149,12 @@ class CSR(MatrixFormat):
             value_bits=isz * 8,
         )
 
-    def _product(self, x: np.ndarray, parallel: bool) -> np.ndarray:
+    def _product(self, x: np.ndarray, threads: int) -> np.ndarray:
         m = self.shape[0]
         if x.ndim == 1:
             y = np.empty(m, x.dtype)
             arrays = (self.data, self.indices, self.indptr)
-            if parallel:
+            if threads > 1:
                 kernels.csr_matvec_par(*arrays, x, y, ROW_BLOCK)
             else:
                 kernels.csr_matvec(*arrays, x, y)
@@ -164,11 +165,12 @@ class CSR(MatrixFormat):
             return y
         b = x.shape[1]
         width = batch_width(x.dtype, b)
-        xe, y = batch_operands(x, width, m, False)
-        if parallel:
-            kernels.csr_matmat_par(self.data, self.indices, self.indptr, xe, y, width, ROW_BLOCK)
+        arrays = (self.data, self.indices, self.indptr)
+        if threads > 1:
+            y = kernels.csr_matmat_par(*arrays, x, padded_width(b, width), width, threads)
         else:
-            kernels.csr_matmat(self.data, self.indices, self.indptr, xe, y, width)
+            xe, y = batch_operands(x, width, m, False)
+            kernels.csr_matmat(*arrays, xe, y, width)
         return y if y.shape[1] == b else np.ascontiguousarray(y[:, :b])
 
     def matvec_naive(self, x: np.ndarray) -> np.ndarray:

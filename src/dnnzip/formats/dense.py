@@ -76,7 +76,7 @@ class Dense(MatrixFormat):
             value_bits=isz * 8,
         )
 
-    def _product(self, x: np.ndarray, parallel: bool) -> np.ndarray:
+    def _product(self, x: np.ndarray, threads: int) -> np.ndarray:
         if x.ndim == 1 and self._lean is None and x.dtype == self.a.dtype:
             m, n = self.shape
             self._lean = (np.dtype(self.a.dtype.name), n, m, m * n,

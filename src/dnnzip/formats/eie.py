@@ -144,7 +144,7 @@ class EIE(MatrixFormat):
             value_bits=isz * 8,
         )
 
-    def _product(self, x: np.ndarray, parallel: bool) -> np.ndarray:
+    def _product(self, x: np.ndarray, threads: int) -> np.ndarray:
         from .csr import CSR
 
-        return CSR.from_triplets(self.to_triplets())._product(x, parallel)
+        return CSR.from_triplets(self.to_triplets())._product(x, threads)

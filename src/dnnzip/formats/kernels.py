@@ -19,7 +19,8 @@ design step buys (SPEC §3, y = M·x, per row: for each value group s = Σ x[col
 All kernels take ``wshift = Ω − ω0``: with it the implicit value needs no special case,
 y = Σ_groups (ω − ω0)·s + ω0·Σx, and the caller adds the last term (zero when ω0 = 0).
 Kernels ending in ``_par`` split row blocks over numba threads (``prange``); blocks own
-disjoint rows, so no two threads write the same output.
+disjoint rows, so no two threads write the same output. The batch ones take ``threads``, the
+caller's ``numba.get_num_threads()``: called inside, it keeps numba from caching the kernel.
 """
 
 from __future__ import annotations
@@ -228,12 +229,10 @@ def _zeros3_aligned(d0, d1, d2, like):
     return out.reshape((d0, d1, d2))
 
 
-@njit(cache=True)
-def batch_operands(x, bp, m, zero_out):
-    """(Xe, Y) for a batch product, both cache-line aligned: Xe the (n + 1) × bp row-major
-    copy of x (n × B) with the last row and the columns past B zero (where padded lanes
-    point; full-width vector loads), Y the m × bp output, zeroed when ``zero_out``. One
-    compiled call: the same from numpy cost ~3× the dispatch on small layers."""
+@njit(inline="always")
+def _padded_copy(x, bp):
+    """Xe: the (n + 1) × bp row-major, cache-line aligned copy of x (n × B) with the last row
+    and the columns past B zero (where padded lanes point; full-width vector loads)."""
     n, b = x.shape
     xe = _empty_aligned((n + 1) * bp, x).reshape((n + 1, bp))
     for j in range(n):
@@ -242,10 +241,60 @@ def batch_operands(x, bp, m, zero_out):
         for c in range(b, bp):
             xe[j, c] = 0
     xe[n, :] = 0
+    return xe
+
+
+@njit(cache=True)
+def batch_operands(x, bp, m, zero_out):
+    """(Xe, Y) for a batch product: Xe the ``_padded_copy`` of x, Y the m × bp output, also
+    cache-line aligned, zeroed when ``zero_out``. One compiled call: the same from numpy cost
+    ~3× the dispatch on small layers."""
+    xe = _padded_copy(x, bp)
     y = _empty_aligned(m * bp, x).reshape((m, bp))
     if zero_out:
         y[:, :] = 0
     return xe, y
+
+
+#: largest Xe (bytes) of which each thread of a parallel batch kernel makes its own copy
+#: (``_copy_per_task``); above it the threads share one, which bounds the memory on
+#: many-core machines with large im2col batches.
+PRIVATE_COPY_BYTES = 1 << 20
+
+
+@njit(inline="always")
+def _copy_per_task(x, bp, tasks):
+    """Whether each task of a parallel batch kernel makes its own Xe, on its own thread.
+
+    Why: a copy made by the calling thread sits in that core's cache, and every random row
+    gather of the other threads then pulls a line across cores. On MiniLM's output.dense
+    (384 × 1536, B = 8, 2 threads, Xeon) the sliced kernel ran 29.6 µs with one shared copy
+    and 23.5-24 µs with one copy per thread (both including the copies)."""
+    return tasks > 1 and (x.shape[0] + 1) * bp * x.itemsize <= PRIVATE_COPY_BYTES
+
+
+@njit(inline="always")
+def _shared_operand(x, bp, private):
+    """The Xe all tasks read, or a one-row placeholder when each makes its own."""
+    if private:
+        return _empty_aligned(bp, x).reshape((1, bp))
+    return _padded_copy(x, bp)
+
+
+@njit(inline="always")
+def _task_operand(x, bp, private, shared):
+    return _padded_copy(x, bp) if private else shared
+
+
+@njit(inline="always")
+def _task_bounds(prefix, tasks, t):
+    """[i0, i1): task t's share of the items whose cumulative work is ``prefix`` (length
+    items + 1, non-decreasing), split so each task gets about the same work."""
+    items = prefix.shape[0] - 1
+    total = np.int64(prefix[items]) - np.int64(prefix[0])
+    i0 = 0 if t == 0 else np.searchsorted(prefix, prefix[0] + total * t // tasks)
+    i1 = items if t == tasks - 1 else np.searchsorted(prefix, prefix[0] + total * (t + 1) // tasks)
+    return min(i0, items), min(i1, items)
 
 
 @njit(inline="always")
@@ -382,10 +431,21 @@ def sliced_matmat(col, sl_ptr, sl_len, lane_w, lane_row, blk_ptr, Xe, Y, width):
 
 
 @njit(cache=True, fastmath=True, parallel=True)
-def sliced_matmat_par(col, sl_ptr, sl_len, lane_w, lane_row, blk_ptr, Xe, Y, width):
-    """Parallel ``sliced_matmat``: one row block per task."""
-    for b in prange(blk_ptr.shape[0] - 1):
-        _sliced_block_mat(b, col, sl_ptr, sl_len, lane_w, lane_row, blk_ptr, Xe, Y, width)
+def sliced_matmat_par(col, sl_ptr, sl_len, lane_w, lane_row, blk_ptr, x, bp, m, width, threads):
+    """Parallel ``sliced_matmat`` on x (n × B): returns Y (m × bp, aligned, bp the padded B).
+    One task per thread, each a contiguous run of row blocks and its own copy of Xe
+    (``_copy_per_task``)."""
+    nblk = blk_ptr.shape[0] - 1
+    tasks = max(1, min(threads, nblk))
+    y = _empty_aligned(m * bp, x).reshape((m, bp))
+    y[:, :] = 0
+    private = _copy_per_task(x, bp, tasks)
+    shared = _shared_operand(x, bp, private)
+    for t in prange(tasks):
+        xe = _task_operand(x, bp, private, shared)
+        for b in range(nblk * t // tasks, nblk * (t + 1) // tasks):
+            _sliced_block_mat(b, col, sl_ptr, sl_len, lane_w, lane_row, blk_ptr, xe, y, width)
+    return y
 
 
 # ----------------------------------------------------------------------------- CSR
@@ -456,11 +516,19 @@ def csr_matmat(data, indices, indptr, Xe, Y, width):
 
 
 @njit(cache=True, fastmath=True, parallel=True)
-def csr_matmat_par(data, indices, indptr, Xe, Y, width, block):
-    """Parallel ``csr_matmat`` over blocks of ``block`` rows."""
+def csr_matmat_par(data, indices, indptr, x, bp, width, threads):
+    """Parallel ``csr_matmat`` on x (n × B): returns Y (m × bp). One task per thread, each a
+    run of rows with about the same nnz and its own copy of Xe (``_copy_per_task``)."""
     m = indptr.shape[0] - 1
-    for b in prange((m + block - 1) // block):
-        _csr_rows_mat(b * block, min(m, (b + 1) * block), data, indices, indptr, Xe, Y, width)
+    tasks = max(1, min(threads, m))
+    y = _empty_aligned(m * bp, x).reshape((m, bp))
+    private = _copy_per_task(x, bp, tasks)
+    shared = _shared_operand(x, bp, private)
+    for t in prange(tasks):
+        xe = _task_operand(x, bp, private, shared)
+        r0, r1 = _task_bounds(indptr, tasks, t)
+        _csr_rows_mat(r0, r1, data, indices, indptr, xe, y, width)
+    return y
 
 
 # ----------------------------------------------------------------------------- row-wise batch
@@ -511,9 +579,19 @@ def grouped_matmat(Xe, colI, OmegaPtr, gw, rowPtr, Y, wide):
 
 
 @njit(cache=True, fastmath=True, parallel=True)
-def grouped_matmat_par(Xe, colI, OmegaPtr, gw, rowPtr, Y, block, wide):
-    """Parallel ``grouped_matmat`` over blocks of ``block`` rows."""
+def grouped_matmat_par(x, bp, colI, OmegaPtr, gw, rowPtr, wide, threads):
+    """Parallel ``grouped_matmat`` on x (n × B): returns Y (m × bp). One task per thread,
+    each a run of rows with about the same nnz (a row's elements start at
+    OmegaPtr[rowPtr[i]]) and its own copy of Xe (``_copy_per_task``)."""
     m = rowPtr.shape[0] - 1
-    for b in prange((m + block - 1) // block):
-        _group_rows_block(b * block, min(m, (b + 1) * block), Xe, colI, OmegaPtr, gw, rowPtr, Y,
-                          wide)
+    tasks = max(1, min(threads, m))
+    y = _empty_aligned(m * bp, x).reshape((m, bp))
+    y[:, :] = 0
+    private = _copy_per_task(x, bp, tasks)
+    shared = _shared_operand(x, bp, private)
+    starts = OmegaPtr[rowPtr]
+    for t in prange(tasks):
+        xe = _task_operand(x, bp, private, shared)
+        r0, r1 = _task_bounds(starts, tasks, t)
+        _group_rows_block(r0, r1, xe, colI, OmegaPtr, gw, rowPtr, y, wide)
+    return y
