@@ -32,7 +32,7 @@ from numba import njit
 from threadpoolctl import threadpool_limits
 
 from dnnzip.formats import CER, CSER, CSR, EIE, Dense, Triplets, kernels
-from dnnzip.formats._base import batch_bucket
+from dnnzip.formats._base import batch_bucket, has_avx512
 from dnnzip.formats.commands import prune_and_quantize
 from dnnzip.nn.convert import convert_model
 from dnnzip.prune.magnitude import prune, threshold_for_sparsity
@@ -114,6 +114,20 @@ def quantize(w: np.ndarray, sparsity: float, quant: str) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- measurement
+
+
+def cpu_model() -> str:
+    """The CPU's model name and family/model numbers from /proc/cpuinfo (Linux), else ''.
+    The formats' ratios differ between the Xeons and EPYCs this benchmark has run on."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines()
+                        if ":" in line)
+    except OSError:
+        return ""
+    info = {k.strip(): v.strip() for k, v in info.items()}
+    return (f"{info.get('model name', '?')} (family {info.get('cpu family', '?')}, "
+            f"model {info.get('model', '?')})")
 
 
 def sample_times(fn, repeats: int, min_time: float = 2e-3) -> list[float]:
@@ -614,8 +628,9 @@ def main(argv: list[str] | None = None) -> int:
                  "encoder.layer.0.output.dense.weight"] + list(lenet)[:1]
     res: dict[str, Any] = {
         "machine": {"cpu": platform.processor() or platform.machine(),
-                    "cores": os.cpu_count(), "python": sys.version.split()[0],
-                    "numpy": np.__version__, "torch": torch.__version__},
+                    "cpu_model": cpu_model(), "avx512": has_avx512(), "cores": os.cpu_count(),
+                    "python": sys.version.split()[0], "numpy": np.__version__,
+                    "torch": torch.__version__},
         "lenet_test_accuracy": lenet_acc, "repeats": repeats,
         "storage": [], "timing": [], "ablation": {}, "batch_ablation": {},
     }
