@@ -347,15 +347,15 @@ def call_overhead(repeats: int) -> dict[str, float]:
 
 
 def auto_check(res: dict[str, Any]) -> list[dict[str, Any]]:
-    """Does ``convert_model(format="auto")``'s time model pick what was measured fastest?
+    """Does ``convert_model(format="auto")`` pick what was measured fastest?
 
-    For each timed 90% 4-bit layer and batch (1 thread) the model's choice among
-    dense / CSR / CSER (``choose_format``, calibrated on this machine) is compared with the
-    measured times of torch dense (what a layer ``convert_model`` keeps runs), our CSR and our
-    CSER in this run.
+    For each timed 90% 4-bit layer and batch (1 thread) its choice among dense / CSR / CSER
+    (``pick_format``: the time model calibrated on this machine, close calls timed on the
+    layer) is compared with the times of torch dense (what a layer ``convert_model`` keeps
+    runs), our CSR and our CSER measured by this benchmark.
     """
     from dnnzip.formats.cost import default_time_model
-    from dnnzip.nn.convert import choose_format
+    from dnnzip.nn.convert import pick_format
 
     model = default_time_model(1)
     rows = []
@@ -370,9 +370,10 @@ def auto_check(res: dict[str, Any]) -> list[dict[str, Any]]:
             sec = run["seconds"]
             measured = {"dense": sec["torch_dense"], "csr": sec["csr"], "cser": sec["cser"]}
             best = min(measured, key=measured.get)
-            chosen, pred = choose_format(t, b, model)
+            chosen, pred, settled = pick_format(t, b, model)
             rows.append({"name": r["name"], "batch": b, "chosen": chosen, "measured_best": best,
-                         "predicted_s": pred, "measured_s": measured,
+                         "predicted_s": pred, "settled_by_timing_s": settled,
+                         "measured_s": measured,
                          "chosen_over_best": measured[chosen] / measured[best]})
     return rows
 

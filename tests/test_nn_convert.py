@@ -11,8 +11,10 @@ from torch import nn
 
 from dnnzip.codec import InvalidOption
 from dnnzip.formats import CSER, commands
+from dnnzip.formats._base import Triplets
 from dnnzip.formats.cost import TimeModel
-from dnnzip.nn.convert import convert_model
+from dnnzip.nn import convert as convert_mod
+from dnnzip.nn.convert import convert_model, pick_format
 from dnnzip.nn.modules import CSERConv2d, CSERLinear
 
 
@@ -109,7 +111,7 @@ def test_auto_keeps_dense_where_the_model_says_dense_wins():
     slow_sparse = TimeModel({"dense": (1e10, 3e10, 6e10), "csr": (2e9, 5e9, 5e9),
                              "cser": (3e9, 6e9, 6e9)})
     report = []
-    converted = convert_model(model, "auto", time_model=slow_sparse, report=report)
+    converted = convert_model(model, "auto", time_model=slow_sparse, report=report, settle=None)
     assert isinstance(converted[0], nn.Linear)
     assert isinstance(converted[2], CSERLinear) and converted[2].format == "cser"
     assert [c.format for c in report] == ["dense", "cser"]
@@ -120,6 +122,41 @@ def test_auto_keeps_dense_where_the_model_says_dense_wins():
     assert isinstance(out[0], nn.Linear) and "distinct" in report[0].reason
     with pytest.raises(InvalidOption, match="unknown format"):
         convert_model(model, "coo")
+
+
+def test_close_predictions_are_settled_by_timing_both_formats_on_the_layer(monkeypatch):
+    # CSR and CSER predicted 1.2x apart: within SETTLE_FACTOR, so both are timed on the
+    # layer and the measured-faster one (here, by a fake timer, the predicted runner-up) wins
+    rates = {"dense": (1e9, 3e9, 6e9), "csr": (5e9, 1e10, 1e10), "cser": (6e9, 1.2e10, 1.3e10)}
+    model = TimeModel(rates)
+    rng = np.random.default_rng(5)
+    w = (rng.integers(-7, 8, (60, 80)) * (rng.random((60, 80)) < 0.1)).astype(np.float32)
+    t = Triplets.from_dense(w)
+    timed = []
+
+    def fake_median_times(ways, rounds, block):
+        ys = [np.asarray(way()) for way in ways]  # both run the same product
+        assert ys[0].shape == (60,)
+        np.testing.assert_allclose(ys[0], ys[1], rtol=1e-5, atol=1e-5)
+        timed.append(len(ways))
+        return (2.0, 1.0), ys[1]
+
+    monkeypatch.setattr(convert_mod, "median_times", fake_median_times)
+    fmt, pred, measured = pick_format(t, 1, model)
+    assert sorted(pred, key=pred.get)[:2] == ["cser", "csr"] and timed == [2]
+    assert fmt == "csr" and measured == {"cser": 2.0, "csr": 1.0}
+    # settle=None, or predictions further apart than the factor: the model alone decides
+    assert pick_format(t, 1, model, settle=None) == ("cser", pred, {})
+    assert pick_format(t, 1, model, settle=1.1) == ("cser", pred, {})
+    assert timed == [2]
+    report = []
+    lin = nn.Linear(80, 60, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.from_numpy(w))
+    out = convert_model(lin, "auto", time_model=model, report=report)
+    assert isinstance(out, CSERLinear) and out.format == "csr"
+    assert report[0].measured_s == {"cser": 2.0, "csr": 1.0}
+    assert report[0].reason.startswith("measured fastest")
 
 
 def test_convert_model_on_a_bare_layer():

@@ -35,12 +35,12 @@ SPLIT_TUNE_ROUNDS = 3
 SPLIT_TUNE_BLOCK = 4
 
 
-def faster_way(ways: tuple[Callable[[], Any], Callable[[], Any]], rounds: int, block: int
-               ) -> tuple[int, Any]:
-    """(index of the way with the lower median time, the last result): ``rounds`` rounds,
-    each running both ways in blocks of ``block`` calls, the order alternating by round and
-    the first call of every block untimed (it pays for the switch; timed right after the
-    other way, a serial kernel ran 2× slower behind a parallel one)."""
+def median_times(ways: tuple[Callable[[], Any], Callable[[], Any]], rounds: int, block: int
+                 ) -> tuple[tuple[float, float], Any]:
+    """(median seconds of each way, the last result): ``rounds`` rounds, each running both
+    ways in blocks of ``block`` calls, the order alternating by round and the first call of
+    every block untimed (it pays for the switch; timed right after the other way, a serial
+    kernel ran 2× slower behind a parallel one)."""
     runs: list[list[float]] = [[], []]
     y = None
     for r in range(rounds):
@@ -50,7 +50,15 @@ def faster_way(ways: tuple[Callable[[], Any], Callable[[], Any]], rounds: int, b
                 t0 = time.perf_counter()
                 y = ways[i]()
                 runs[i].append(time.perf_counter() - t0)
-    return int(float(np.median(runs[1])) < float(np.median(runs[0]))), y
+    return (float(np.median(runs[0])), float(np.median(runs[1]))), y
+
+
+def faster_way(ways: tuple[Callable[[], Any], Callable[[], Any]], rounds: int, block: int
+               ) -> tuple[int, Any]:
+    """(index of the way with the lower median time, the last result), timed as
+    ``median_times`` times them."""
+    (t0, t1), y = median_times(ways, rounds, block)
+    return int(t1 < t0), y
 
 
 def batch_bucket(batch: int) -> int:

@@ -62,9 +62,9 @@ def convert_container(path: str | Path, fmt: str = "cser", *, max_distinct: int 
             t = Triplets.from_quantized(_matrix_of(q, shape))
             chosen = fmt
             if fmt == "auto":
-                from ..nn.convert import choose_format
+                from ..nn.convert import pick_format
 
-                chosen, _ = choose_format(t, batch)
+                chosen = pick_format(t, batch)[0]
             m = FORMATS[chosen].from_triplets(t) if chosen != "dense" else Dense.from_triplets(t)
             state = m.to_state()
             matrices[name] = {

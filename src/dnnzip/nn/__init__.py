@@ -1,7 +1,7 @@
 """PyTorch integration: fine-tuning after pruning and weight sharing, modules that compute
 from CER/CSER weights, model conversion, and per-weight importance (Fisher) estimation."""
 
-from .convert import LayerChoice, choose_format, convert_model, save_converted
+from .convert import LayerChoice, choose_format, convert_model, pick_format, save_converted
 from .finetune import (
     Pruner,
     WeightSharing,
@@ -35,6 +35,7 @@ __all__ = [
     "model_sparsity",
     "on_grid",
     "output_sensitivity",
+    "pick_format",
     "prunable_parameters",
     "save_converted",
     "save_importance",

@@ -4,13 +4,14 @@ A layer is *quantized* when its weight holds at most ``max_distinct`` distinct v
 pruned + quantized layer has a handful; a float layer has about one per weight, and CER/CSER
 would only cost more there). With ``format="auto"`` each quantized layer gets the format the
 time model of ``dnnzip.formats.cost`` predicts fastest at the expected batch — dense included,
-so a layer that is not sparse enough keeps its ``nn.Linear``/``nn.Conv2d``.
+so a layer that is not sparse enough keeps its ``nn.Linear``/``nn.Conv2d``; where the runner-up
+is predicted within ``SETTLE_FACTOR`` of the best, the two are timed on the layer itself.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -18,11 +19,17 @@ from torch import nn
 
 from ..codec import InvalidOption
 from ..formats import CER, CSER, CSR, MatrixFormat, Triplets
-from ..formats.cost import TimeModel, default_time_model, stream_bytes
+from ..formats._base import SPLIT_TUNE_BLOCK, SPLIT_TUNE_ROUNDS, median_times
+from ..formats.cost import TimeModel, _TorchDense, default_time_model, stream_bytes
 from .modules import CSERConv2d, CSERLinear
 
 FORMATS = ("cser", "cer", "csr", "auto")
 _BUILD = {"cser": CSER, "cer": CER, "csr": CSR}
+#: a runner-up predicted within this factor of the best is timed against it on the layer
+#: (``pick_format``): the model carries the rates of its calibration matrices, and on the
+#: 30 522 × 384 embedding at batch 8 it predicted CSR and CSER within 2% where CSR measured
+#: 1.57× slower (AMD EPYC, benchmarks/formats.py)
+SETTLE_FACTOR = 1.5
 
 
 @dataclass(frozen=True)
@@ -36,6 +43,8 @@ class LayerChoice:
     format: str  # "dense" when kept
     predicted_s: dict[str, float]
     reason: str
+    #: median seconds of the two formats timed on the layer (empty: the model decided)
+    measured_s: dict[str, float] = field(default_factory=dict)
 
 
 def _weight_matrix(module: nn.Module) -> np.ndarray:
@@ -70,16 +79,48 @@ def choose_format(t: Triplets, batch: int = 1, model: TimeModel | None = None
     return min(pred, key=pred.get), pred
 
 
+def pick_format(t: Triplets, batch: int = 1, model: TimeModel | None = None,
+                settle: float | None = SETTLE_FACTOR
+                ) -> tuple[str, dict[str, float], dict[str, float]]:
+    """``choose_format``, and where the runner-up is predicted within ``settle`` times the
+    best (None: never), both built and timed on this matrix — one thread like the model,
+    medians of alternating blocks (``median_times``) — and the faster kept.
+
+    Returns (format, predicted seconds, measured seconds: empty when the model decided)."""
+    fmt, pred = choose_format(t, batch, model)
+    first, second = sorted(pred, key=pred.get)[:2]
+    if settle is None or pred[second] > settle * pred[first]:
+        return fmt, pred, {}
+    mats = {k: _TorchDense(t.toarray()) if k == "dense" else _BUILD[k].from_triplets(t)
+            for k in (first, second)}
+    rng = np.random.default_rng(0)
+    n = t.shape[1]
+    x = rng.standard_normal((n, batch) if batch > 1 else n).astype(np.float32)
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        times, _ = median_times((lambda: mats[first].dot(x, threads=1),
+                                 lambda: mats[second].dot(x, threads=1)),
+                                SPLIT_TUNE_ROUNDS, SPLIT_TUNE_BLOCK)
+    finally:
+        torch.set_num_threads(torch_threads)
+    measured = {first: times[0], second: times[1]}
+    return min(measured, key=measured.get), pred, measured
+
+
 def convert_model(model: nn.Module, format: str = "cser", *, max_distinct: int = 256,
                   batch: int = 1, conv_positions: int = 64, threads: int | None = None,
                   inplace: bool = False, time_model: TimeModel | None = None,
-                  report: list[LayerChoice] | None = None) -> nn.Module:
+                  report: list[LayerChoice] | None = None,
+                  settle: float | None = SETTLE_FACTOR) -> nn.Module:
     """Return ``model`` with its quantized Linear / Conv2d (groups=1) layers computing from
     ``format`` ("cser", "cer", "csr" or "auto"); everything else is kept as is.
 
     batch: rows per call expected at inference (tokens × sentences for a transformer), used by
     "auto"; conv layers multiply it by ``conv_positions`` (output pixels per image).
     report: if a list is given, one ``LayerChoice`` per candidate layer is appended to it.
+    settle: with "auto", a runner-up predicted within this factor of the best is timed
+    against it on the layer (``pick_format``); None: the time model alone decides.
     """
     key = str(format).lower()
     if key not in FORMATS:
@@ -100,14 +141,17 @@ def convert_model(model: nn.Module, format: str = "cser", *, max_distinct: int =
                                           f"{distinct} distinct values > {max_distinct}"))
             continue
         t = Triplets.from_dense(w)
+        measured: dict[str, float] = {}
         if key == "auto":
             b = _batch_of(module, batch, conv_positions)
-            fmt, pred = choose_format(t, b, time_model)
-            reason = f"fastest predicted at batch {b}"
+            fmt, pred, measured = pick_format(t, b, time_model, settle)
+            reason = (f"measured fastest at batch {b} (predicted within {settle}x)" if measured
+                      else f"fastest predicted at batch {b}")
         else:
             fmt, pred, reason = key, {}, "requested"
         if report is not None:
-            report.append(LayerChoice(name, kind, w.shape, distinct, fmt, pred, reason))
+            report.append(LayerChoice(name, kind, w.shape, distinct, fmt, pred, reason,
+                                      measured))
         if fmt == "dense":
             continue
         matrix: MatrixFormat = _BUILD[fmt].from_triplets(t)
