@@ -24,6 +24,8 @@ ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
 sys.path.insert(0, str(ROOT.parent / "src"))
 
+from machine import cpu_model  # noqa: E402
+
 from dnnzip import demo  # noqa: E402
 from dnnzip.nn.importance import output_sensitivity  # noqa: E402
 
@@ -145,9 +147,11 @@ def sensitivity(fid: Fidelity, cache: Path | None = None, probes: int = 4
     return out
 
 
-def machine_load() -> dict[str, float]:
+def machine_load() -> dict[str, float | str]:
+    """The CPU model and the load at the start of the run."""
+    info: dict[str, float | str] = {"cpu_model": cpu_model(), "cpus": os.cpu_count() or 0}
     try:
         one, five, _ = os.getloadavg()
     except OSError:
-        return {}
-    return {"loadavg_1min": one, "loadavg_5min": five, "cpus": os.cpu_count() or 0}
+        return info
+    return {**info, "loadavg_1min": one, "loadavg_5min": five}

@@ -20,6 +20,7 @@ import json
 import os
 
 import numpy as np
+from machine import cpu_model
 
 from dnnzip.distributed.demo import TrainConfig, run_training
 
@@ -105,7 +106,9 @@ def main() -> None:
                   flush=True)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out + ".json", "w") as f:
-        json.dump({"config": vars(args), "definition": DEFINITION, "rows": rows}, f, indent=1)
+        json.dump({"config": vars(args), "machine": {"cpu_model": cpu_model(),
+                                                     "cpus": os.cpu_count()},
+                   "definition": DEFINITION, "rows": rows}, f, indent=1)
 
     import matplotlib
 

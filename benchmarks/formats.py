@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 import torch
+from machine import cpu_model
 from numba import njit
 from threadpoolctl import threadpool_limits
 
@@ -114,20 +115,6 @@ def quantize(w: np.ndarray, sparsity: float, quant: str) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- measurement
-
-
-def cpu_model() -> str:
-    """The CPU's model name and family/model numbers from /proc/cpuinfo (Linux), else ''.
-    The formats' ratios differ between the Xeons and EPYCs this benchmark has run on."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            info = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines()
-                        if ":" in line)
-    except OSError:
-        return ""
-    info = {k.strip(): v.strip() for k, v in info.items()}
-    return (f"{info.get('model name', '?')} (family {info.get('cpu family', '?')}, "
-            f"model {info.get('model', '?')})")
 
 
 def sample_times(fn, repeats: int, min_time: float = 2e-3) -> list[float]:
