@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -87,10 +88,17 @@ def pick_format(t: Triplets, batch: int = 1, model: TimeModel | None = None,
     medians of alternating blocks (``median_times``) — and the faster kept.
 
     Returns (format, predicted seconds, measured seconds: empty when the model decided)."""
+    return _pick(t, batch, model, settle)[:3]
+
+
+def _pick(t: Triplets, batch: int, model: TimeModel | None, settle: float | None
+          ) -> tuple[str, dict[str, float], dict[str, float], dict[str, Any]]:
+    """``pick_format`` plus the matrices it built to time (``convert_model`` keeps the
+    chosen one instead of building it again)."""
     fmt, pred = choose_format(t, batch, model)
     first, second = sorted(pred, key=pred.get)[:2]
     if settle is None or pred[second] > settle * pred[first]:
-        return fmt, pred, {}
+        return fmt, pred, {}, {}
     mats = {k: _TorchDense(t.toarray()) if k == "dense" else _BUILD[k].from_triplets(t)
             for k in (first, second)}
     rng = np.random.default_rng(0)
@@ -105,7 +113,7 @@ def pick_format(t: Triplets, batch: int = 1, model: TimeModel | None = None,
     finally:
         torch.set_num_threads(torch_threads)
     measured = {first: times[0], second: times[1]}
-    return min(measured, key=measured.get), pred, measured
+    return min(measured, key=measured.get), pred, measured, mats
 
 
 def convert_model(model: nn.Module, format: str = "cser", *, max_distinct: int = 256,
@@ -142,9 +150,10 @@ def convert_model(model: nn.Module, format: str = "cser", *, max_distinct: int =
             continue
         t = Triplets.from_dense(w)
         measured: dict[str, float] = {}
+        built: dict[str, Any] = {}
         if key == "auto":
             b = _batch_of(module, batch, conv_positions)
-            fmt, pred, measured = pick_format(t, b, time_model, settle)
+            fmt, pred, measured, built = _pick(t, b, time_model, settle)
             reason = (f"measured fastest at batch {b} (predicted within {settle}x)" if measured
                       else f"fastest predicted at batch {b}")
         else:
@@ -154,7 +163,7 @@ def convert_model(model: nn.Module, format: str = "cser", *, max_distinct: int =
                                       measured))
         if fmt == "dense":
             continue
-        matrix: MatrixFormat = _BUILD[fmt].from_triplets(t)
+        matrix: MatrixFormat = built[fmt] if fmt in built else _BUILD[fmt].from_triplets(t)
         if isinstance(module, nn.Linear):
             new = CSERLinear(matrix, module.bias, threads)
         else:
