@@ -276,11 +276,17 @@ def _copy_per_task(x, bp, tasks):
 
 
 @njit(inline="always")
-def _shared_operand(x, bp, private):
-    """The Xe all tasks read, or a one-row placeholder when each makes its own."""
+def _par_start(x, bp, m, tasks, zero_out):
+    """The start of a parallel batch kernel: Y (m × bp, aligned, zeroed when ``zero_out``),
+    whether each task copies X itself (``_copy_per_task``), and the Xe all tasks read — a
+    one-row placeholder when each makes its own."""
+    y = _empty_aligned(m * bp, x).reshape((m, bp))
+    if zero_out:
+        y[:, :] = 0
+    private = _copy_per_task(x, bp, tasks)
     if private:
-        return _empty_aligned(bp, x).reshape((1, bp))
-    return _padded_copy(x, bp)
+        return y, private, _empty_aligned(bp, x).reshape((1, bp))
+    return y, private, _padded_copy(x, bp)
 
 
 @njit(inline="always")
@@ -439,10 +445,7 @@ def sliced_matmat_par(col, sl_ptr, sl_len, lane_w, lane_row, blk_ptr, x, bp, m, 
     (``_copy_per_task``)."""
     nblk = blk_ptr.shape[0] - 1
     tasks = max(1, min(threads, nblk))
-    y = _empty_aligned(m * bp, x).reshape((m, bp))
-    y[:, :] = 0
-    private = _copy_per_task(x, bp, tasks)
-    shared = _shared_operand(x, bp, private)
+    y, private, shared = _par_start(x, bp, m, tasks, True)
     for t in prange(tasks):
         xe = _task_operand(x, bp, private, shared)
         for b in range(nblk * t // tasks, nblk * (t + 1) // tasks):
@@ -523,9 +526,7 @@ def csr_matmat_par(data, indices, indptr, x, bp, width, threads):
     run of rows with about the same nnz and its own copy of Xe (``_copy_per_task``)."""
     m = indptr.shape[0] - 1
     tasks = max(1, min(threads, m))
-    y = _empty_aligned(m * bp, x).reshape((m, bp))
-    private = _copy_per_task(x, bp, tasks)
-    shared = _shared_operand(x, bp, private)
+    y, private, shared = _par_start(x, bp, m, tasks, False)
     for t in prange(tasks):
         xe = _task_operand(x, bp, private, shared)
         r0, r1 = _task_bounds(indptr, tasks, t)
@@ -587,10 +588,7 @@ def grouped_matmat_par(x, bp, colI, OmegaPtr, gw, rowPtr, wide, threads):
     OmegaPtr[rowPtr[i]]) and its own copy of Xe (``_copy_per_task``)."""
     m = rowPtr.shape[0] - 1
     tasks = max(1, min(threads, m))
-    y = _empty_aligned(m * bp, x).reshape((m, bp))
-    y[:, :] = 0
-    private = _copy_per_task(x, bp, tasks)
-    shared = _shared_operand(x, bp, private)
+    y, private, shared = _par_start(x, bp, m, tasks, True)
     starts = OmegaPtr[rowPtr]
     for t in prange(tasks):
         xe = _task_operand(x, bp, private, shared)
