@@ -185,6 +185,18 @@ def test_convert_command_round_trip(tmp_path, capsys):
             stored = reader.read(name)
             np.testing.assert_array_equal(mat.toarray(), stored.reshape(stored.shape[0], -1))
     assert "fc1.bias" in tensors
+    # "auto": each matrix in the format picked for it (the one timed, when it was timed),
+    # still equal to the stored levels
+    auto = tmp_path / "auto.pt"
+    assert commands.main(["convert", str(src), "--format", "auto", "-o", str(auto), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert {r["format"] for r in report["tensors"]} <= {"dense", "csr", "cser", "kept"}
+    matrices, _ = commands.load_converted(auto)
+    assert "fc1.weight" in matrices
+    with dnnzip.open(src) as reader:
+        for name, mat in matrices.items():
+            stored = reader.read(name)
+            np.testing.assert_array_equal(mat.toarray(), stored.reshape(stored.shape[0], -1))
     # the output exists: refused without --force, no partial file left behind
     assert commands.main(["convert", str(src), "-o", str(out)]) == 1
     assert "exists" in capsys.readouterr().err

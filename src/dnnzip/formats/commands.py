@@ -60,12 +60,15 @@ def convert_container(path: str | Path, fmt: str = "cser", *, max_distinct: int 
                 rows.append({"name": name, "shape": list(shape), "format": "kept"})
                 continue
             t = Triplets.from_quantized(_matrix_of(q, shape))
-            chosen = fmt
+            chosen, built = fmt, {}
             if fmt == "auto":
-                from ..nn.convert import pick_format
+                from ..nn.convert import _pick
 
-                chosen = pick_format(t, batch)[0]
-            m = FORMATS[chosen].from_triplets(t) if chosen != "dense" else Dense.from_triplets(t)
+                chosen, _, _, built = _pick(t, batch)
+            if chosen == "dense":
+                m = Dense.from_triplets(t)
+            else:  # the matrix timed for the choice, when there was one
+                m = built[chosen] if chosen in built else FORMATS[chosen].from_triplets(t)
             state = m.to_state()
             matrices[name] = {
                 "tensor_shape": list(shape),

@@ -91,7 +91,8 @@ def pick_format(t: Triplets, batch: int = 1, model: TimeModel | None = None,
     return _pick(t, batch, model, settle)[:3]
 
 
-def _pick(t: Triplets, batch: int, model: TimeModel | None, settle: float | None
+def _pick(t: Triplets, batch: int, model: TimeModel | None = None,
+          settle: float | None = SETTLE_FACTOR
           ) -> tuple[str, dict[str, float], dict[str, float], dict[str, Any]]:
     """``pick_format`` plus the matrices it built to time (``convert_model`` keeps the
     chosen one instead of building it again)."""
