@@ -157,6 +157,11 @@ def test_close_predictions_are_settled_by_timing_both_formats_on_the_layer(monke
     assert isinstance(out, CSERLinear) and out.format == "csr"
     assert report[0].measured_s == {"cser": 2.0, "csr": 1.0}
     assert report[0].reason.startswith("measured fastest")
+    for bad in (0.5, -1.0, float("nan"), float("inf")):
+        with pytest.raises(InvalidOption, match="settle"):
+            pick_format(t, 1, model, settle=bad)
+        with pytest.raises(InvalidOption, match="settle"):
+            convert_model(nn.Linear(3, 3), "auto", settle=bad)
 
 
 def test_convert_model_on_a_bare_layer():

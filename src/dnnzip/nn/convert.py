@@ -11,6 +11,7 @@ is predicted within ``SETTLE_FACTOR`` of the best, the two are timed on the laye
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,11 +92,17 @@ def pick_format(t: Triplets, batch: int = 1, model: TimeModel | None = None,
     return _pick(t, batch, model, settle)[:3]
 
 
+def _check_settle(settle: float | None) -> None:
+    if settle is not None and not (math.isfinite(settle) and settle >= 1.0):
+        raise InvalidOption(f"settle must be a finite factor >= 1 (or None), got {settle!r}")
+
+
 def _pick(t: Triplets, batch: int, model: TimeModel | None = None,
           settle: float | None = SETTLE_FACTOR
           ) -> tuple[str, dict[str, float], dict[str, float], dict[str, Any]]:
     """``pick_format`` plus the matrices it built to time (``convert_model`` keeps the
     chosen one instead of building it again)."""
+    _check_settle(settle)
     fmt, pred = choose_format(t, batch, model)
     first, second = sorted(pred, key=pred.get)[:2]
     if settle is None or pred[second] > settle * pred[first]:
@@ -136,6 +143,7 @@ def convert_model(model: nn.Module, format: str = "cser", *, max_distinct: int =
         raise InvalidOption(f"unknown format {format!r} (choose from {', '.join(FORMATS)})")
     if max_distinct < 1:
         raise InvalidOption(f"max_distinct must be >= 1, got {max_distinct}")
+    _check_settle(settle)
     out = model if inplace else copy.deepcopy(model)
     swaps: list[tuple[str, nn.Module]] = []
     for name, module in out.named_modules():
