@@ -425,6 +425,44 @@ def test_fused_accumulate_compress_matches_the_plain_path(method, momentum, dtyp
     assert fused.count == num_selected(n, 0.003)
 
 
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(0, 20_000), seed=st.integers(0, 2**32 - 1), use_mom=st.booleans(),
+       consume=st.booleans(), use_abs=st.booleans(), f32=st.booleans(),
+       cap=st.sampled_from([0, 5, 1 << 20]))
+def test_fused_pass_collects_exactly_the_elements_beyond_the_thresholds(
+        n, seed, use_mom, consume, use_abs, f32, cap):
+    """The compiled fused pass against numpy, for every combination of its switches and
+    sizes that end inside a chunk and inside a 64-element block: A += d (d = g or
+    u ← m·u + g), g zeroed with ``consume``, and the positions with A ≥ hi (|A| ≥ hi with
+    ``use_abs``) and A ≤ lo, increasing, with their new values — at most ``cap`` written,
+    the counts exact."""
+    from dnnzip.distributed import core
+
+    rng = np.random.default_rng(seed)
+    dt = np.float32 if f32 else np.float64
+    acc = rng.standard_normal(n).astype(dt)
+    g = rng.standard_normal(n).astype(np.float32)
+    u = rng.standard_normal(n).astype(np.float32) if use_mom else np.zeros(1, np.float32)
+    m = np.float32(0.9)
+    d = (np.float32(m * u) + g).astype(np.float32) if use_mom else g
+    want_acc = acc + d
+    want_u = d.copy() if use_mom else u.copy()
+    hi, lo = 1.5, -1.2
+    key = np.abs(want_acc) if use_abs else want_acc
+    up, down = np.flatnonzero(key >= hi), np.flatnonzero(key <= lo)
+    bufs = [np.full(max(cap, 1), -1, np.int64), np.zeros(max(cap, 1), dt),
+            np.full(max(cap, 1), -1, np.int64), np.zeros(max(cap, 1), dt)]
+    g_in = g.copy()
+    nh, nl = core._accumulate_collect(acc, g_in, u, m, use_mom, consume, use_abs, hi, lo,
+                                      core._mask_chunk(), cap, *bufs)
+    assert np.array_equal(acc, want_acc) and np.array_equal(u, want_u)
+    assert np.array_equal(g_in, np.zeros_like(g) if consume else g)
+    assert (nh, nl) == (up.size, down.size)
+    for (pos, val), want in (((bufs[0], bufs[1]), up), ((bufs[2], bufs[3]), down)):
+        w = min(want.size, cap)
+        assert np.array_equal(pos[:w], want[:w]) and np.array_equal(val[:w], want_acc[want[:w]])
+
+
 @pytest.mark.parametrize("method", ["sbc", "stc", "topk"])
 @pytest.mark.parametrize("n", [1_000, 300_000])
 def test_consume_zeroes_the_update_and_changes_nothing_else(method, n):
