@@ -226,20 +226,24 @@ def test_packets_round_trip(method):
 
 @pytest.mark.parametrize("method", ["sbc", "stc", "topk", "dense"])
 def test_own_packet_from_messages_equals_its_decoded_bytes(method):
-    """A worker merges its own packet from its messages (raw_of): every field must be
-    bit for bit what a peer decodes from the bytes, or the replicas would drift apart."""
+    """A worker merges its own packet from its messages (raw_of, or the raw that
+    encode_with_raw returns with the bytes): every field must be bit for bit what a peer
+    decodes from the bytes, or the replicas would drift apart."""
     rng = np.random.default_rng(3)
     codec = PacketCodec(SLOTS, method, 0.01)
     msgs = _messages(method, codec.slots, rng)
-    mine = codec.raw_of(msgs)
-    for theirs in (codec.decode_raw(codec.encode(msgs)[0]),
-                   codec.decode_padded_raw(codec.encode_padded(msgs))):
-        for field, a, b in zip(mine._fields, mine, theirs, strict=True):
-            if a is None or b is None:
-                assert a is None and b is None, field
-                continue
-            assert a.dtype == b.dtype and np.array_equal(a.view(np.uint8), b.view(np.uint8)), field
-    assert mine.positions.size == sum(m.positions.size for m in msgs)
+    payload, bits, with_bytes = codec.encode_with_raw(msgs)
+    assert (payload, bits) == codec.encode(msgs)
+    for mine in (codec.raw_of(msgs), with_bytes):
+        for theirs in (codec.decode_raw(payload),
+                       codec.decode_padded_raw(codec.encode_padded(msgs))):
+            for field, a, b in zip(mine._fields, mine, theirs, strict=True):
+                if a is None or b is None:
+                    assert a is None and b is None, field
+                    continue
+                assert a.dtype == b.dtype and np.array_equal(a.view(np.uint8),
+                                                             b.view(np.uint8)), field
+        assert mine.positions.size == sum(m.positions.size for m in msgs)
 
 
 def test_sbc_packet_costs_what_the_spec_says():

@@ -313,7 +313,16 @@ _SELECT_BINS = 1024
 
 @njit(cache=True)
 def _kth_largest_key(vals, mode, k, scratch):
-    """The k-th largest key(vals) (mode 0: v, 1: −v, 2: |v|), 1 ≤ k ≤ vals.size, exact.
+    """The k-th largest key(vals) (mode 0: v, 1: −v, 2: |v|), 1 ≤ k ≤ vals.size, exact
+    (``_kth_and_above``)."""
+    return _kth_and_above(vals, mode, k, scratch)[0]
+
+
+@njit(cache=True)
+def _kth_and_above(vals, mode, k, scratch):
+    """(t, a): the k-th largest key(vals) (mode 0: v, 1: −v, 2: |v|), 1 ≤ k ≤ vals.size,
+    exact, and how many keys are strictly above t (counted on the way: the bins above the
+    answer's, then the sorted rest).
 
     Histogram selection instead of quickselect, whose data-dependent branches mispredict
     on every other element: one pass for min/max, one that counts the keys per linear bin
@@ -329,6 +338,7 @@ def _kth_largest_key(vals, mode, k, scratch):
         w[i] = _key(vals[i], mode)
     counts = np.zeros(_SELECT_BINS, dtype=np.int64)
     need = k  # the answer is the need-th largest of w[:n]
+    total_above = 0
     rounds = 0
     while n > 64 and rounds < 8:  # each round shrinks n; skewed keys may need the sort
         rounds += 1
@@ -338,7 +348,7 @@ def _kth_largest_key(vals, mode, k, scratch):
             lo = min(lo, w[i])
             hi = max(hi, w[i])
         if lo == hi:
-            return lo
+            return lo, total_above
         scale = (_SELECT_BINS - 1) / (hi - lo)
         counts[:] = 0
         for i in range(n):
@@ -349,6 +359,7 @@ def _kth_largest_key(vals, mode, k, scratch):
             above += counts[b]
             b -= 1
         need -= above
+        total_above += above
         m = 0
         for i in range(n):  # stable compaction of bin b to the front (m ≤ i: in place)
             x = w[i]
@@ -356,7 +367,11 @@ def _kth_largest_key(vals, mode, k, scratch):
             m += int((x - lo) * scale) == b
         n = m
     w[:n].sort()
-    return w[n - need]
+    t = w[n - need]
+    m = n - need + 1
+    while m < n and w[m] == t:
+        m += 1
+    return t, total_above + n - m
 
 
 @njit(cache=True)
@@ -516,20 +531,50 @@ def _sampled_extremes(acc, g, u, m, use_mom, idx, r, use_abs, two_sided):
 
 
 @njit(cache=True)
+def _pick_signed(vals, mode, k, cand, out, scratch):
+    """SBC's half of ``_pick_top``: of the k largest keys (mode 0: v, 1: −v; the same
+    rule: every key above the k-th largest t, then the first ties), only the positions
+    whose value has the side's sign (> 0 for mode 0, < 0 for mode 1) go into ``out``
+    (≥ k + 1 slots, branch-free), with the float64 sum of their values in the same order
+    — what ``_pick_top`` followed by ``_signed_part`` gives, without the copies. Returns
+    (count, sum, t)."""
+    t, above = _kth_and_above(vals, mode, k, scratch)
+    ties = k - above
+    n = 0
+    total = 0.0
+    for j in range(vals.size):
+        v = vals[j]
+        x = _key(v, mode)
+        tie = x == t
+        take = (x > t) | (tie & (ties > 0))
+        good = take & ((v > 0) if mode == 0 else (v < 0))
+        out[n] = cand[j]
+        n += good
+        total += v if good else 0.0  # a select, not a branch (adding 0.0 changes nothing)
+        ties -= tie & take
+    return n, total, t
+
+
+@njit(cache=True)
 def _sbc_from_candidates(k, cand_hi, val_hi, mode_hi, cand_lo, val_lo, mode_lo, scratch):
     """SBC from the fused pass's candidates: the top-k among (cand_hi, val_hi) and the
-    bottom-k among (cand_lo, val_lo) (``_pick_top``; the caller passes modes 0 and 1 —
-    as arguments: with both as constants LLVM compiled the two inlined selections
-    several times slower), then ``_sbc_side``: (positions, μ, k-th largest value, k-th
-    smallest value)."""
+    bottom-k among (cand_lo, val_lo), each kept only where its sign is the side's
+    (``_pick_signed``; the caller passes modes 0 and 1 — as arguments: with both as
+    constants LLVM compiled the two inlined selections several times slower), then the
+    choice of ``_sbc_side``: (positions, μ, k-th largest value, k-th smallest value)."""
     top = np.empty(k + 1, dtype=np.int64)
-    tv = np.empty(k + 1, dtype=val_hi.dtype)
-    _pick_top(val_hi, mode_hi, k, cand_hi, top, tv, scratch)
+    n_pos, s_pos, t_hi = _pick_signed(val_hi, mode_hi, k, cand_hi, top, scratch)
     bottom = np.empty(k + 1, dtype=np.int64)
-    bv = np.empty(k + 1, dtype=val_lo.dtype)
-    _pick_top(val_lo, mode_lo, k, cand_lo, bottom, bv, scratch)
-    keep, mu = _sbc_side(top[:k], tv[:k], bottom[:k], bv[:k])
-    return keep, mu, np.float64(tv[:k].min()), np.float64(bv[:k].max())
+    n_neg, s_neg, t_lo = _pick_signed(val_lo, mode_lo, k, cand_lo, bottom, scratch)
+    t_hi = np.float64(_key(t_hi, mode_hi))  # keys back to values
+    t_lo = np.float64(_key(t_lo, mode_lo))
+    if n_pos == 0 and n_neg == 0:
+        return top[:0], 0.0, t_hi, t_lo
+    mu_pos = s_pos / n_pos if n_pos else 0.0
+    mu_neg = s_neg / n_neg if n_neg else 0.0
+    if mu_pos >= -mu_neg:
+        return top[:n_pos], mu_pos, t_hi, t_lo
+    return bottom[:n_neg], mu_neg, t_hi, t_lo
 
 
 def _next_hint(hint: list[float], k: int, upper: tuple[float, int, float, bool],

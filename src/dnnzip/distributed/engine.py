@@ -327,12 +327,13 @@ class Exchanger:
                         o.zero_()
         t1 = time.perf_counter()
         if self.wire == "golomb":
-            payload, bits = codec.encode(messages) if status == STATUS_OK else (b"", 0)
+            payload, bits, own = (codec.encode_with_raw(messages) if status == STATUS_OK
+                                  else (b"", 0, None))
             t2 = time.perf_counter()
             statuses, packets, sent = exchange_bytes(payload, status, self.group, device, tm)
             t3 = time.perf_counter()
             ok = all(s == STATUS_OK for s in statuses)
-            raws = self._raws(codec, messages, packets, codec.decode_raw) if ok else []
+            raws = self._raws(codec, own, packets, codec.decode_raw) if ok else []
         else:
             if status == STATUS_OK:
                 words = codec.encode_padded(messages, status)
@@ -345,7 +346,8 @@ class Exchanger:
             statuses, arrays, sent = exchange_words(words, self.group, device, tm)
             t3 = time.perf_counter()
             ok = all(s == STATUS_OK for s in statuses)
-            raws = self._raws(codec, messages, arrays, codec.decode_padded_raw) if ok else []
+            raws = (self._raws(codec, codec.raw_of(messages), arrays, codec.decode_padded_raw)
+                    if ok else [])
         self.ledger.record(step, golomb_bits=bits, sent_bytes=sent)
         if not ok:
             bad = [r for r, s in enumerate(statuses) if s != STATUS_OK]
@@ -374,13 +376,12 @@ class Exchanger:
         self._clock(step, c0, t0, t1, t2, t3, time.perf_counter())
         return out, messages
 
-    def _raws(self, codec: PacketCodec, messages: list[Message], packets: Sequence[Any],
+    def _raws(self, codec: PacketCodec, own: RawPacket, packets: Sequence[Any],
               decode) -> list[RawPacket]:
         """Every worker's packet, validated and in rank order: the peers' decoded, this
-        worker's own taken from its messages (``PacketCodec.raw_of``: the same numbers its
-        bytes carry, one decode less per step)."""
-        return [codec.raw_of(messages) if r == self._rank else decode(pk)
-                for r, pk in enumerate(packets)]
+        worker's ``own`` taken from its messages (``PacketCodec.raw_of``: the same numbers
+        its bytes carry, one decode less per step)."""
+        return [own if r == self._rank else decode(pk) for r, pk in enumerate(packets)]
 
     def _average_flat(self, codec: PacketCodec, slots: tuple[Slot, ...],
                       raws: list[RawPacket], flats: list[torch.Tensor], world: int) -> None:

@@ -183,10 +183,20 @@ class PacketCodec:
     # ---------------------------------------------------------------------------------------
     def encode(self, messages: Sequence[Message]) -> tuple[bytes, int]:
         """Golomb packet bytes and its exact bit count."""
+        return self._encode(messages, False)[:2]
+
+    def encode_with_raw(self, messages: Sequence[Message]) -> tuple[bytes, int, RawPacket]:
+        """Golomb packet bytes, its exact bit count and its ``raw_of`` (a worker merges its
+        own packet from that; one gathering of the messages serves both)."""
+        return self._encode(messages, True)
+
+    def _encode(self, messages: Sequence[Message], with_raw: bool):
         self._check(messages)
         comp, positions, dense_vals, scales = self._gather(messages)
         if self.method == "dense":
-            return dense_vals.tobytes(), 32 * self.dense_numel
+            return (dense_vals.tobytes(), 32 * self.dense_numel,
+                    self._validated(positions, _EMPTY_F32, dense_vals, None, None)
+                    if with_raw else None)
         c = positions.size
         parts = [np.array([c], dtype="<u4").tobytes(), scales.astype("<f4").tobytes(),
                  dense_vals.astype("<f4").tobytes()]
@@ -199,7 +209,9 @@ class PacketCodec:
         parts.append(golomb)
         bits = 32 + 32 * scales.size + 32 * self.dense_numel + position_bits(positions, self.b)
         bits += 32 * c if self.method == "topk" else (c if self.method == "stc" else 0)
-        return b"".join(parts), bits
+        raw = (self._validated(positions, scales, dense_vals, values, negative) if with_raw
+               else None)
+        return b"".join(parts), bits, raw
 
     def raw_of(self, messages: Sequence[Message]) -> RawPacket:
         """What ``decode_raw`` returns for the packet of ``messages``, without encoding and
