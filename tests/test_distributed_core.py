@@ -630,26 +630,30 @@ def test_fused_path_conserves_exactly(method):
        st.integers(0, 2), st.data())
 def test_histogram_selection_finds_the_exact_kth_key(values, mode, data):
     """The compiled k-th-largest search (histogram rounds, then a sort) agrees with a full
-    sort for every key mode, with ties, zeros and keys spanning 60 orders of magnitude."""
-    from dnnzip.distributed.core import _kth_largest_key
+    sort for every key mode, with ties, zeros and keys spanning 60 orders of magnitude,
+    and counts the keys strictly above it."""
+    from dnnzip.distributed.core import _kth_and_above
 
     v = np.array(values, dtype=np.float32)
     k = data.draw(st.integers(1, v.size))
     key = (v, -v, np.abs(v))[mode].astype(np.float64)
     scratch = np.empty(v.size)
-    assert _kth_largest_key(v, mode, k, scratch) == np.sort(key)[v.size - k]
+    t, above = _kth_and_above(v, mode, k, scratch)
+    assert t == np.sort(key)[v.size - k]
+    assert above == int((key > t).sum())
 
 
 def test_histogram_selection_on_many_candidates_and_geometric_keys():
     """Large inputs go through several histogram rounds; keys 2^-500 … 2^499 defeat the
     linear bins and end in the sort — both still exact."""
-    from dnnzip.distributed.core import _kth_largest_key
+    from dnnzip.distributed.core import _kth_and_above
 
     rng = np.random.default_rng(3)
     for v in (rng.standard_normal(20_000).astype(np.float32) ** 3,
               2.0 ** np.arange(-500, 500.0), np.repeat([1.0, 2.0, 3.0], 5000)):
         for k in (1, 7, v.size // 3, v.size):
-            assert _kth_largest_key(v, 0, k, np.empty(v.size)) == np.sort(v)[v.size - k]
+            t, above = _kth_and_above(v, 0, k, np.empty(v.size))
+            assert t == np.sort(v)[v.size - k] and above == int((v > t).sum())
 
 
 @pytest.mark.parametrize("consume", [False, True])

@@ -13,7 +13,7 @@ A *compressor* turns one accumulated update ``A`` (a tensor) into a :class:`Mess
 Selection never sorts the whole tensor: small tensors use one partial selection
 (``np.argpartition``, introselect, O(N)); large ones first estimate the k-th value from a
 random sample, keep the candidates beyond it with one vectorised pass and select among those
-with a branch-free histogram search (``_kth_largest_key``) — the result is the exact top-k (a
+with a branch-free histogram search (``_kth_and_above``) — the result is the exact top-k (a
 fallback to the full partial selection runs if the sample under-estimated), only faster
 (≈ 1 ms instead of 200 ms at 10⁷ elements).
 Selected positions always come out increasing (ties at the k-th value: earliest first).
@@ -312,13 +312,6 @@ _SELECT_BINS = 1024
 
 
 @njit(cache=True)
-def _kth_largest_key(vals, mode, k, scratch):
-    """The k-th largest key(vals) (mode 0: v, 1: −v, 2: |v|), 1 ≤ k ≤ vals.size, exact
-    (``_kth_and_above``)."""
-    return _kth_and_above(vals, mode, k, scratch)[0]
-
-
-@njit(cache=True)
 def _kth_and_above(vals, mode, k, scratch):
     """(t, a): the k-th largest key(vals) (mode 0: v, 1: −v, 2: |v|), 1 ≤ k ≤ vals.size,
     exact, and how many keys are strictly above t (counted on the way: the bins above the
@@ -380,11 +373,8 @@ def _pick_top(vals, mode, k, cand, out, out_vals, scratch):
     keys (``_key`` mode) — every key above the k-th largest t, then the first keys equal to
     t until k are taken. Writes the chosen positions, still increasing, into out and their
     values into out_vals, both of at least k + 1 elements: the pick is branch-free and
-    writes one slot past the last taken (``scratch``: see ``_kth_largest_key``)."""
-    t = _kth_largest_key(vals, mode, k, scratch)
-    above = 0
-    for j in range(vals.size):
-        above += _key(vals[j], mode) > t
+    writes one slot past the last taken (``scratch``: see ``_kth_and_above``)."""
+    t, above = _kth_and_above(vals, mode, k, scratch)
     ties = k - above
     n = 0
     for j in range(vals.size):

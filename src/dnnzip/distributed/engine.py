@@ -333,7 +333,7 @@ class Exchanger:
             statuses, packets, sent = exchange_bytes(payload, status, self.group, device, tm)
             t3 = time.perf_counter()
             ok = all(s == STATUS_OK for s in statuses)
-            raws = self._raws(codec, own, packets, codec.decode_raw) if ok else []
+            raws = self._raws(own, packets, codec.decode_raw) if ok else []
         else:
             if status == STATUS_OK:
                 words = codec.encode_padded(messages, status)
@@ -346,7 +346,7 @@ class Exchanger:
             statuses, arrays, sent = exchange_words(words, self.group, device, tm)
             t3 = time.perf_counter()
             ok = all(s == STATUS_OK for s in statuses)
-            raws = (self._raws(codec, codec.raw_of(messages), arrays, codec.decode_padded_raw)
+            raws = (self._raws(codec.raw_of(messages), arrays, codec.decode_padded_raw)
                     if ok else [])
         self.ledger.record(step, golomb_bits=bits, sent_bytes=sent)
         if not ok:
@@ -376,8 +376,7 @@ class Exchanger:
         self._clock(step, c0, t0, t1, t2, t3, time.perf_counter())
         return out, messages
 
-    def _raws(self, codec: PacketCodec, own: RawPacket, packets: Sequence[Any],
-              decode) -> list[RawPacket]:
+    def _raws(self, own: RawPacket, packets: Sequence[Any], decode) -> list[RawPacket]:
         """Every worker's packet, validated and in rank order: the peers' decoded, this
         worker's ``own`` taken from its messages (``PacketCodec.raw_of``: the same numbers
         its bytes carry, one decode less per step)."""

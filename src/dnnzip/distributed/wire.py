@@ -195,7 +195,7 @@ class PacketCodec:
         comp, positions, dense_vals, scales = self._gather(messages)
         if self.method == "dense":
             return (dense_vals.tobytes(), 32 * self.dense_numel,
-                    self._validated(positions, _EMPTY_F32, dense_vals, None, None)
+                    self._own_raw(positions, scales, dense_vals, None, None)
                     if with_raw else None)
         c = positions.size
         parts = [np.array([c], dtype="<u4").tobytes(), scales.astype("<f4").tobytes(),
@@ -209,7 +209,7 @@ class PacketCodec:
         parts.append(golomb)
         bits = 32 + 32 * scales.size + 32 * self.dense_numel + position_bits(positions, self.b)
         bits += 32 * c if self.method == "topk" else (c if self.method == "stc" else 0)
-        raw = (self._validated(positions, scales, dense_vals, values, negative) if with_raw
+        raw = (self._own_raw(positions, scales, dense_vals, values, negative) if with_raw
                else None)
         return b"".join(parts), bits, raw
 
@@ -220,9 +220,13 @@ class PacketCodec:
         so the merge is bit for bit the one of the decoded packet."""
         self._check(messages)
         comp, positions, dense_vals, scales = self._gather(messages)
+        return self._own_raw(positions, scales, dense_vals, *self._extras(comp))
+
+    def _own_raw(self, positions, scales, dense_vals, values, negative) -> RawPacket:
+        """The raw packet of gathered messages (a dense packet carries no scales)."""
         if self.method == "dense":
             return self._validated(positions, _EMPTY_F32, dense_vals, None, None)
-        return self._validated(positions, scales, dense_vals, *self._extras(comp))
+        return self._validated(positions, scales, dense_vals, values, negative)
 
     def decode(self, data: bytes | bytearray | memoryview) -> list[Message]:
         """Messages (one per slot) from a Golomb packet; raises CorruptPayload."""
